@@ -1,0 +1,87 @@
+"""Atomic outputs: build a file or folder under a temp name, rename when complete.
+
+An interrupted or failed run never leaves anything under the final name, and a
+full disk becomes one clear error instead of a half-written artifact.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+
+from wan_export.errors import BadInputError, WanExportError
+
+
+def _os_error(e: OSError, path: str) -> WanExportError:
+    if e.errno == errno.ENOSPC:
+        return BadInputError("no space left on device while writing", path)
+    return BadInputError(f"cannot write: {e.strerror or e}", path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "wb"):
+    """Yield a file object writing to a temp file beside `path`; rename on success."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
+    except OSError as e:
+        raise _os_error(e, path) from None
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise _os_error(e, path) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str, overwrite: bool = False):
+    """Yield a temp folder beside `path`; it replaces `path` only on success."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not overwrite and (not os.path.isdir(path) or os.listdir(path)):
+        raise BadInputError("output exists (use --overwrite)", path)
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
+    except OSError as e:
+        raise _os_error(e, path) from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if os.path.exists(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise _os_error(e, path) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def check_output_file(path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise BadInputError("output exists (use --overwrite)", path)
+
+
+def _remove(p: str) -> None:
+    if os.path.isdir(p):
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(p)

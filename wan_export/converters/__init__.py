@@ -1,0 +1,1 @@
+"""One module per output format (diffusers, comfyui, gguf, onnx, trt, stock)."""

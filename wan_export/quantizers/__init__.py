@@ -1,0 +1,1 @@
+"""Quantizers: ggml block types (GGUF), FP8, NVFP4, SVDQuant and calibration."""

@@ -1,0 +1,1 @@
+"""Parity metrics, back-loaders that read artifacts through their consumers, and reports."""
