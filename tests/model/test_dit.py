@@ -17,6 +17,7 @@ import torch
 from wan_export.errors import BadInputError
 from wan_export.model.config import DiTConfig
 from wan_export.model.dit import WanDiT, fuse_qkv_state_dict, load_dit, split_qkv_state_dict
+from wan_export.model.rope import sinusoidal_embedding
 
 KEYS_DIR = Path(os.environ.get("WAN_EXPORT_REFERENCE", "/work/shared/reference")) / "keys"
 
@@ -214,6 +215,18 @@ def test_parity_with_diffusers(tiny_models, variant, shape):
     assert err <= 1e-5 * peak, f"{variant}: max abs err {err:.3g} vs peak {peak:.3g}"
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parity_with_fp64_time_embedding(tiny_models, variant, monkeypatch):
+    """diffusers computes the sinusoid in fp32; given the official fp64 one it matches to ~3e-7."""
+    cfg, _, ours, ref = tiny_models[variant]
+    monkeypatch.setattr(ref.condition_embedder.timesteps_proj, "forward",
+                        lambda t: sinusoidal_embedding(t, cfg.freq_dim))
+    x = _inputs(cfg, *SHAPES[2], seed=7)
+    with torch.no_grad():
+        expected, got = _run_diffusers(ref, cfg, x), ours(**x)
+    assert (got - expected).abs().max() <= 1e-6 * expected.abs().max()
+
+
 @pytest.mark.parametrize("variant", ["i2v", "flf2v", "vace", "t2v"])
 def test_every_condition_matters(tiny_models, variant):
     """Non-vacuity: the parity above covers paths that really change the output."""
@@ -309,6 +322,17 @@ def test_meta_build_then_assign_load(tiny_models):
         x = _inputs(cfg, 2, 3, 8, 8, 7, seed=4)
         with torch.no_grad():
             torch.testing.assert_close(meta(**x), model(**x), rtol=0, atol=0)
+
+
+def test_fp32_angles_stay_close(tiny_models, monkeypatch):
+    """The float32-angle switch (for runtimes without doubles) changes little at these positions."""
+    cfg, _, model, _ = tiny_models["ti2v"]
+    x = _inputs(cfg, 2, 3, 8, 8, 7, seed=9)
+    with torch.no_grad():
+        ref = model(**x)
+        monkeypatch.setattr(model, "angle_dtype", torch.float32)
+        out = model(**x)
+    assert 0 < (out - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
 def test_bad_configs_and_inputs(tiny_models):

@@ -159,6 +159,11 @@ class ImageEmbedding(nn.Module):
 
 
 class WanDiT(nn.Module):
+    """The Wan DiT for any `DiTConfig`; `fused_qkv` swaps self-attention q/k/v for one `qkv` Linear."""
+
+    # dtype of the time and RoPE angles; official float64, set float32 for runtimes without doubles
+    angle_dtype: torch.dtype = torch.float64
+
     def __init__(self, cfg: DiTConfig, fused_qkv: bool = False):
         super().__init__()
         _check_cfg(cfg)
@@ -188,7 +193,7 @@ class WanDiT(nn.Module):
         f, h, w = latents.shape[2] // pt, latents.shape[3] // ph, latents.shape[4] // pw
         dtype = self.patch_embedding.weight.dtype
         x = self.patch_embedding(latents.to(dtype)).flatten(2).transpose(1, 2)
-        cos, sin = rope_cos_sin(f, h, w, cfg.head_dim, device=x.device)
+        cos, sin = rope_cos_sin(f, h, w, cfg.head_dim, device=x.device, dtype=self.angle_dtype)
         e, e0 = self.time_embed(timestep)
         context = self.text_embedding(context.to(dtype))
         context_img = None if clip_features is None else self.img_emb(clip_features.to(dtype))
@@ -203,7 +208,7 @@ class WanDiT(nn.Module):
         """timestep [B] or [B, L] -> e [B, 1|L, D] and e0 [B, 1|L, 6, D], both fp32."""
         t = timestep.unsqueeze(1) if timestep.dim() == 1 else timestep
         wdtype = self.time_embedding[0].weight.dtype
-        e = self.time_embedding(sinusoidal_embedding(t, self.cfg.freq_dim).to(wdtype))
+        e = self.time_embedding(sinusoidal_embedding(t, self.cfg.freq_dim, self.angle_dtype).to(wdtype))
         e0 = self.time_projection(e).unflatten(-1, (6, self.cfg.dim))
         return e.float(), e0.float()
 

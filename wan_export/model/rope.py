@@ -11,14 +11,15 @@ import torch
 THETA = 10000.0
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
+def sinusoidal_embedding(t: torch.Tensor, dim: int = 256, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Official `sinusoidal_embedding_1d`: [cos, sin] (cos first), any leading shape.
 
-    t [...] -> [..., dim] float32; angles t * 10000^(-j/half) in float64.
+    t [...] -> [..., dim] float32; angles t * 10000^(-j/half) in `dtype` (official: float64;
+    float32 is for graphs whose runtime has no doubles, e.g. TensorRT).
     """
     half = dim // 2
-    t = t.to(torch.float64)
-    freqs = torch.pow(THETA, -torch.arange(half, dtype=torch.float64, device=t.device).div(half))
+    t = t.to(dtype)
+    freqs = torch.pow(THETA, -torch.arange(half, dtype=dtype, device=t.device).div(half))
     angles = t.unsqueeze(-1) * freqs
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
 
@@ -29,18 +30,22 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
-def _axis_angles(n, dim: int, device) -> torch.Tensor:
-    """Official `rope_params` rows 0..n-1: pos * theta^(-2i/dim), [n, dim/2] float64."""
-    inv = 1.0 / torch.pow(THETA, torch.arange(0, dim, 2, dtype=torch.float64, device=device).div(dim))
-    return torch.arange(n, dtype=torch.float64, device=device).unsqueeze(1) * inv
+def _axis_angles(n, dim: int, device, dtype) -> torch.Tensor:
+    """Official `rope_params` rows 0..n-1: pos * theta^(-2i/dim), [n, dim/2]."""
+    inv = 1.0 / torch.pow(THETA, torch.arange(0, dim, 2, dtype=dtype, device=device).div(dim))
+    return torch.arange(n, dtype=dtype, device=device).unsqueeze(1) * inv
 
 
-def rope_cos_sin(f, h, w, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin for an (f, h, w) token grid in (f, h, w) order: two [f*h*w, head_dim/2] float32."""
+def rope_cos_sin(f, h, w, head_dim: int, device=None,
+                 dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for an (f, h, w) token grid in (f, h, w) order: two [f*h*w, head_dim/2] float32.
+
+    Angles in `dtype` (official: float64), as for `sinusoidal_embedding`.
+    """
     dt, dh, dw = rope_split(head_dim)
-    af = _axis_angles(f, dt, device)[:, None, None, :].expand(f, h, w, -1)
-    ah = _axis_angles(h, dh, device)[None, :, None, :].expand(f, h, w, -1)
-    aw = _axis_angles(w, dw, device)[None, None, :, :].expand(f, h, w, -1)
+    af = _axis_angles(f, dt, device, dtype)[:, None, None, :].expand(f, h, w, -1)
+    ah = _axis_angles(h, dh, device, dtype)[None, :, None, :].expand(f, h, w, -1)
+    aw = _axis_angles(w, dw, device, dtype)[None, None, :, :].expand(f, h, w, -1)
     angles = torch.cat([af, ah, aw], dim=-1).reshape(-1, head_dim // 2)
     return torch.cos(angles).float(), torch.sin(angles).float()
 
