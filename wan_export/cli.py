@@ -93,6 +93,30 @@ def inspect(path, no_scan, as_json, quiet):
     emit(report, as_json, render_text(report))
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@click.option("--against", required=True, help="The source checkpoint (file or release folder).")
+@click.option("--report", "report_path", type=click.Path(), default=None,
+              help="Write the report here (.json for JSON, anything else for Markdown).")
+@json_option
+def validate(path, against, report_path, as_json):
+    """Load artifact PATH through its real consumer and compare against SRC.
+
+    Runs the reference model on both weight sets with fixed inputs and checks
+    the outputs against per-format, per-dtype tolerances stated in the report.
+    Exit code 0: parity holds; 1: parity failed; 2: bad input.
+
+    \b
+    Example:
+      wan-export validate wan2.1_t2v_1.3B_bf16.safetensors --against Wan2.1-T2V-1.3B/ --report parity.md
+    """
+    from wan_export.validators.validate import validate as run
+
+    report = run(path, against, report_path)
+    emit(report.to_dict(), as_json, report.to_markdown())
+    report.raise_if_failed()
+
+
 # -- commands above --
 
 

@@ -39,8 +39,11 @@ def inspect_path(path: str, scan: bool = True, progress=null) -> dict:
     with progress(total, "scanning") as update:
         comps = [_component_report(s, c, scan, update) for s, c in sorted(rel.components.items())]
     v = rel.variant
+    dit_labels = sorted({c["variant"] for c in comps if c["kind"] == "dit"})
+    exact = len(dit_labels) == 1 and v is not None and dit_labels[0] == v.name
     report = {"path": rel.path, "layout": rel.layout, "components": comps,
-              "variant": v.name if v else None,
+              "variant": (v.name if exact or len(rel.dits) == 2 else dit_labels[0]) if v else None,
+              "defaults_from": v.name if v else None,
               "tokenizer": rel.tokenizer_dir, "clip_tokenizer": rel.clip_tokenizer_dir,
               "warnings": [w for c in comps for w in (f"{c['slot']}: {x}" for x in c["warnings"])]}
     if v:
@@ -67,8 +70,9 @@ def render_text(r: dict) -> str:
     lines = [f"{r['path']}  ({r['layout']})"]
     if r.get("variant"):
         extra = f", boundary {r['boundary_ratio']}" if r.get("boundary_ratio") else ""
+        like = "" if r["defaults_from"] == r["variant"] else f"; defaults of {r['defaults_from']}"
         lines.append(f"variant: {r['variant']}  (flow shift {r['flow_shift']}{extra}; "
-                     f"pairs with the Wan{r['pairs_with_vae']} VAE)")
+                     f"pairs with the Wan{r['pairs_with_vae']} VAE{like})")
     for c in r["components"]:
         dt = ", ".join(f"{k} {v['tensors']}" for k, v in sorted(c["dtypes"].items()))
         lines.append(f"  {c['slot']:<14} {c['variant']:<34} {c['parameters']:>15,} params  "
