@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wan_export.errors import BadInputError
 from wan_export.model.config import DiTConfig
+from wan_export.model.loading import as_state_dict, load_strict
 from wan_export.model.rope import apply_rope, rope_cos_sin, sinusoidal_embedding
 
 _QKV = re.compile(r"^(.*self_attn\.)(q|qkv)\.(weight|bias)$")
@@ -293,33 +293,15 @@ WanDiT.fuse_qkv_state_dict = staticmethod(fuse_qkv_state_dict)
 WanDiT.split_qkv_state_dict = staticmethod(split_qkv_state_dict)
 
 
-def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
-    """Raise one BadInputError naming every missing, unexpected and mis-shaped key."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    bad = [f"{k} {list(sd[k].shape)} (expected {list(expected[k])})"
-           for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
-    problems = [f"{label} ({len(keys)}): {', '.join(keys)}"
-                for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                    ("shape mismatches", bad)) if keys]
-    if problems:
-        cfg = getattr(model, "cfg", None)
-        what = f"the {cfg.model_type} DiT config (dim {cfg.dim}, {cfg.num_layers} layers)" if cfg else "the model"
-        raise BadInputError(f"weights do not fit {what}: " + "; ".join(problems))
-
-
 def load_dit(weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], cfg: DiTConfig, *,
              dtype: torch.dtype = torch.float32, device="cpu", fused_qkv: bool = False) -> WanDiT:
     """Build on meta and load stock (or fused) weights strictly with assign=True.
 
     Floating tensors are cast to `dtype`; q/k/v are fused or split to match `fused_qkv`.
     """
-    sd = dict(weights.items() if isinstance(weights, Mapping) else weights)
+    sd = as_state_dict(weights, "Wan DiT")
     sd = fuse_qkv_state_dict(sd) if fused_qkv else split_qkv_state_dict(sd)
     with torch.device("meta"):
         model = WanDiT(cfg, fused_qkv=fused_qkv)
-    check_state_dict(model, sd)
-    sd = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model.eval()
+    what = f"{cfg.model_type} DiT config (dim {cfg.dim}, {cfg.num_layers} layers)"
+    return load_strict(model, sd, what, dtype=dtype, device=device)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .config import T5Config
-from .vae import load_strict
+from .loading import as_state_dict, load_strict
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int,
@@ -150,4 +150,4 @@ def load_t5(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tens
     """Build a UMT5Encoder on the meta device and load stock-named tensors into it (in `dtype`)."""
     with torch.device("meta"):
         model = UMT5Encoder(cfg)
-    return load_strict(model, tensors, dtype, "UMT5 encoder")
+    return load_strict(model, as_state_dict(tensors, "UMT5 encoder"), "UMT5 encoder", dtype=dtype)

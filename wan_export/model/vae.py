@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..errors import BadInputError
 from .config import VAEConfig
+from .loading import as_state_dict, load_strict
 from .vae_blocks import CausalConv3d, Decoder3d, Encoder3d, StepCache, patchify, unpatchify
 
 ENCODE_CHUNK = 4  # frames per encoder step after the first (which takes 1)
@@ -186,32 +187,10 @@ def _check_chunk(x: torch.Tensor, first: bool, frames: int) -> None:
         raise ValueError(f"{'first' if first else 'later'} chunk needs {need}, got {t}")
 
 
-def load_strict(model: nn.Module, tensors, dtype: torch.dtype, what: str) -> nn.Module:
-    """Load name->tensor pairs into a (meta-built) model with assign=True, strict=True.
-
-    Missing, unexpected and wrongly shaped keys are all named in one BadInputError.
-    """
-    try:
-        state = dict(tensors)  # a mapping, or an iterable of (name, tensor) pairs
-    except (TypeError, ValueError) as e:
-        raise BadInputError(f"{what}: expected a state dict or (name, tensor) pairs") from e
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} (expected {list(shape)})"
-             for k, shape in expected.items() if k in state and tuple(state[k].shape) != shape]
-    problems = [f"{len(items)} {label}: {', '.join(items)}"
-                for label, items in (("missing", missing), ("unexpected", unexpected),
-                                     ("with wrong shape", wrong)) if items]
-    if problems:
-        raise BadInputError(f"{what}: tensors do not match the model; " + "; ".join(problems))
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
-
-
 def load_vae(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
              cfg: VAEConfig, dtype: torch.dtype = torch.float32) -> WanVAE:
     """Build a WanVAE on the meta device and load stock-named tensors into it (in `dtype`)."""
     with torch.device("meta"):
         model = WanVAE(cfg)
-    return load_strict(model, tensors, dtype, f"Wan{cfg.version} VAE")
+    what = f"Wan{cfg.version} VAE"
+    return load_strict(model, as_state_dict(tensors, what), what, dtype=dtype)
