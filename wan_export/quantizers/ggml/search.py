@@ -47,9 +47,10 @@ def rint_clip(v: np.ndarray, lo, hi, out: np.ndarray | None = None) -> np.ndarra
 
 def _fix_range(v: np.ndarray, l: np.ndarray, lo, hi) -> None:
     """Redo `l = clip(rint(v))` with C's exact nearest_int where |v| is out of its range."""
+    if v.size and np.abs(v).max() <= _NI_LIMIT:   # NaN fails this test too
+        return
     bad = ~(np.abs(v) <= _NI_LIMIT)
-    if bad.any():
-        l[bad] = np.clip(nearest_int(v[bad]), lo, hi)
+    l[bad] = np.clip(nearest_int(v[bad]), lo, hi)
 
 
 def _levels_from_min(xt, mn, iscale, nmax, xmin, xmax, out):
@@ -72,9 +73,9 @@ def _levels_from_min(xt, mn, iscale, nmax, xmin, xmax, out):
 def _signed_max(xt):
     """(amax, max): the largest |x| and the first x that attains it (C's strict `>` scan)."""
     ax = np.abs(xt)
-    idx = ax.argmax(axis=0)
-    cols = np.arange(xt.shape[1])
-    return ax[idx, cols], xt[idx, cols]
+    amax = ax.max(axis=0)
+    first = np.where(ax == amax, np.arange(xt.shape[0])[:, None], xt.shape[0]).min(axis=0)
+    return amax, np.take_along_axis(xt, first[None], axis=0)[0]
 
 
 def _qx_weights(xt, rmse_type, wt):
@@ -115,7 +116,7 @@ def qx_quants_t(xt: np.ndarray, nmax: int, rmse_type: int = 1, wt: np.ndarray | 
         s = seqsum(prod)
         return s[0], s[1]
 
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         best_is = F32(-nmax) / mx
         sumlx, suml2 = sums(best_is)
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
@@ -175,13 +176,13 @@ def qkx_quants_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad, flat_le=False):
 
     def error(scale, mn_):
         np.multiply(laux, scale, out=err)
-        err += mn_
-        err -= xt
+        np.add(err, mn_, out=err)
+        np.subtract(err, xt, out=err)
         if use_mad:
             np.abs(err, out=err)
         else:
-            err *= err
-        err *= wt
+            np.multiply(err, err, out=err)
+        np.multiply(err, wt, out=err)
         return seqsum(err)
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -243,3 +244,178 @@ def make_qkx3_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad=False):
     E.g. Q4_1 with imatrix: `make_qkx3_quants(x, w, 15, -0.9, 0.05, 36)`.
     """
     return _qkx_public(x, weights, nmax, rmin, rdelta, nstep, use_mad, flat_le=True)
+
+
+# ------------------------------------------------------------------ make_q3_quants
+
+def _q3_descent(xt, w, wx, L, sumlx, suml2, nmax):
+    """make_q3_quants' coordinate descent (up to 5 passes); updates L/sums in place.
+
+    C walks i = 0..n-1 and accepts a new level for element i only if that lowers the
+    error given the sums so far. Until a block's first acceptance its sums are those at
+    the start of the walk, so one matrix evaluation over all remaining i finds, exactly,
+    where C accepts next. Each round applies that acceptance and resumes after it; a
+    block whose pass had no acceptance is finished, as in C.
+    """
+    n = xt.shape[0]
+    rows = np.arange(n)[:, None]
+    cols = np.arange(xt.shape[1])                  # global index of each live block
+    st = [xt, w, wx, L, sumlx, suml2]              # live blocks' state (global at first)
+    start = np.zeros(cols.size, np.intp)           # where each block's pass resumes
+    changed = np.zeros(cols.size, bool)            # anything accepted in this pass
+    npass = np.zeros(cols.size, np.intp)
+    while cols.size:
+        x_, w_, wx_, L_, lx, l2 = st
+        acc, new, slx2, sl22 = _q3_candidates(x_, w_, wx_, L_, lx, l2, nmax)
+        if start.any():
+            acc &= rows >= start
+        f = np.where(acc, rows, n).min(axis=0)
+        hit = np.flatnonzero(f < n)
+        fh = f[hit]
+        L_[fh, hit] = new[fh, hit]
+        lx[hit], l2[hit] = slx2[fh, hit], sl22[fh, hit]
+        start[hit] = fh + 1
+        changed[hit] = True
+        ended = start == n
+        ended[f == n] = True
+        again = ended & changed & (npass < 4)
+        start[again], changed[again] = 0, False
+        npass[again] += 1
+        keep = ~ended | again
+        if keep.all():
+            continue
+        if x_ is not xt:                           # hand finished blocks back
+            done = ~keep
+            L[:, cols[done]], sumlx[cols[done]], suml2[cols[done]] = L_[:, done], lx[done], l2[done]
+        cols, start, changed, npass = cols[keep], start[keep], changed[keep], npass[keep]
+        st = [x_[:, keep], w_[:, keep], wx_[:, keep], L_[:, keep], lx[keep], l2[keep]]
+
+
+def _q3_candidates(x, w, wx, L, sumlx, suml2, nmax):
+    """For every element: C's candidate level and whether it would be accepted now."""
+    slx = np.multiply(wx, L)
+    np.subtract(sumlx, slx, out=slx)
+    sl2 = np.multiply(w, L)
+    sl2 *= L
+    np.subtract(suml2, sl2, out=sl2)
+    v = np.multiply(x, sl2)
+    v /= slx
+    new = rint_clip(v, -nmax, nmax - 1)
+    _fix_range(v, new, -nmax, nmax - 1)
+    slx2 = np.multiply(wx, new)
+    slx2 += slx
+    sl22 = np.multiply(w, new)
+    sl22 *= new
+    sl22 += sl2
+    lhs = np.multiply(slx2, slx2, out=v)
+    lhs *= suml2
+    rhs = np.multiply(sl22, sumlx * sumlx)
+    acc = lhs > rhs
+    acc &= slx > 0
+    acc &= new != L
+    acc &= sl22 > 0
+    return acc, new, slx2, sl22
+
+
+def q3_quants_t(xt: np.ndarray, nmax: int, do_rmse: bool = True):
+    """`make_q3_quants` on `xt [n, B]` -> (scale f32[B], L f32[n, B] = l + nmax, 0 if all-zero)."""
+    amax, mx = _signed_max(xt)
+    zero = amax < _EPS
+    mx = np.where(zero, F32(1), mx)
+    iscale = F32(-nmax) / mx
+    L = rint_clip(xt * iscale, -nmax, nmax - 1)
+    if do_rmse:
+        w = xt * xt
+        wx = w * xt
+        sumlx = seqsum(wx * L)
+        suml2 = seqsum((w * L) * L)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            _q3_descent(xt, w, wx, L, sumlx, suml2, nmax)
+            scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    else:
+        scale = F32(1) / iscale
+    L += F32(nmax)
+    L[:, zero] = 0
+    scale[zero] = 0
+    return scale, L
+
+
+def make_q3_quants(x: np.ndarray, nmax: int, do_rmse: bool = True):
+    """C `make_q3_quants(n, nmax, x, L, do_rmse)` for `x [nblocks, n]`.
+
+    Returns (scale f32[nblocks], L uint8 [nblocks, n] = l + nmax in 0..2*nmax-1).
+    """
+    scale, lt = q3_quants_t(np.ascontiguousarray(np.asarray(x, F32).T), nmax, do_rmse)
+    return scale, lt.T.astype(np.uint8)
+
+
+# ------------------------------------------------------------------ make_qp_quants
+
+def _qp_mse(xt, wt, scale, l):
+    diff = xt - scale * l
+    return seqsum((wt * diff) * diff)
+
+
+def qp_quants_t(xt: np.ndarray, nmax: int, wt: np.ndarray):
+    """`make_qp_quants` on `xt [n, B]` (non-negative values, e.g. sub-block scales).
+
+    Returns (scale f32[B], L int32 [n, B]). L mimics C's `uint8_t L[]`: values are
+    stored mod 256, and the refinement reads them back that way.
+    """
+    mx = np.where(xt.max(axis=0) > 0, xt.max(axis=0), F32(0))
+    zero = mx < _EPS
+    mx = np.where(zero, F32(1), mx)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = F32(nmax) / mx
+        best = _qp_mse(xt, wt, F32(1) / iscale, (nearest_int(iscale * xt) & 0xFF).astype(F32))
+        for step in range(-4, 5):
+            if step == 0:
+                continue
+            iscale_is = (F32(0.1) * F32(step) + F32(nmax)) / mx
+            l = np.minimum(nearest_int(iscale_is * xt), nmax).astype(F32)
+            mse = _qp_mse(xt, wt, F32(1) / iscale_is, l)
+            acc = mse < best
+            best = np.where(acc, mse, best)
+            iscale = np.where(acc, iscale_is, iscale)
+        l = np.minimum(nearest_int(iscale * xt), nmax)
+        lf = l.astype(F32)
+        sumlx = seqsum((wt * xt) * lf)
+        suml2 = seqsum((wt * lf) * lf)
+        L = l & 0xFF
+        for _ in range(5):
+            if not _qp_pass(xt, wt, L, sumlx, suml2, nmax):
+                break
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    L[:, zero] = 0
+    scale[zero] = 0
+    return scale, L
+
+
+def _qp_pass(xt, wt, L, sumlx, suml2, nmax):
+    changed = False
+    for i in range(xt.shape[0]):
+        li = L[i].astype(F32)
+        wx = wt[i] * xt[i]
+        slx = sumlx - wx * li
+        sl2 = suml2 - (wt[i] * li) * li
+        new = np.minimum(nearest_int((xt[i] * sl2) / slx), nmax)
+        newf = new.astype(F32)
+        slx2 = slx + wx * newf
+        sl22 = sl2 + (wt[i] * newf) * newf
+        acc = (slx > 0) & (sl2 > 0) & (new != L[i]) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
+        L[i] = np.where(acc, new & 0xFF, L[i])
+        sumlx[...] = np.where(acc, slx2, sumlx)
+        suml2[...] = np.where(acc, sl22, suml2)
+        changed = changed or bool(acc.any())
+    return changed
+
+
+def make_qp_quants(x: np.ndarray, nmax: int, quant_weights: np.ndarray):
+    """C `make_qp_quants(n, nmax, x, L, quant_weights)` for `x, quant_weights [nblocks, n]`.
+
+    Returns (scale f32[nblocks], L uint8 [nblocks, n]).
+    """
+    xt = np.ascontiguousarray(np.asarray(x, F32).T)
+    wt = np.ascontiguousarray(np.asarray(quant_weights, F32).T)
+    scale, lt = qp_quants_t(xt, nmax, wt)
+    return scale, lt.T.astype(np.uint8)
