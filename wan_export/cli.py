@@ -117,6 +117,97 @@ def validate(path, against, report_path, as_json):
     report.raise_if_failed()
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("-o", "--output", default="wan-export-demo", show_default=True, type=click.Path(),
+              help="Folder for the synthetic release and every artifact.")
+@click.option("--variant", default="wan2.1-t2v-1.3b", show_default=True,
+              help="Variant of the tiny synthetic release (a variant id, as inspect prints it).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo folder.")
+@json_option
+def demo(output, variant, overwrite, as_json):
+    """Write a tiny synthetic release, convert and validate it every way, summarise.
+
+    \b
+    Example:
+      wan-export demo -o /tmp/wan-demo --variant wan2.2-ti2v-5b
+    """
+    from wan_export.demo import raise_if_failed, render_text, run_demo
+
+    summary = run_demo(output, variant, overwrite=overwrite)
+    emit(summary, as_json, render_text(summary))
+    raise_if_failed(summary)
+
+
+class _GGUFTypesOption(click.Option):
+    """--type: a comma-separated list the library checks (one-line errors); help lists the table lazily."""
+
+    def get_help_record(self, ctx):
+        from wan_export.quantizers.gguf_policy import MIXES
+
+        self.help = f"GGUF type(s), comma-separated, one file each: {', '.join(MIXES)}."
+        return super().get_help_record(ctx)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("-t", "--type", "types", cls=_GGUFTypesOption, default="Q4_K_M", show_default=True,
+              metavar="T[,T...]")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
+              help="Override the type of tensors whose stock name matches REGEX (repeatable; first match wins).")
+@click.option("--imatrix", default=None, metavar="FILE",
+              help="Importance matrix: llama.cpp imatrix .gguf or .safetensors {tensor: float32[in_features]}.")
+@click.option("--float-type", type=click.Choice(["F16", "BF16", "F32"]), default=None,
+              help="Type of the unquantized matrices (embeddings, head; default F16, or F32/BF16 for those types).")
+@click.option("-j", "--jobs", type=int, default=0, show_default=True, help="Worker processes (0: every core).")
+@output_options
+def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite, quiet, as_json):
+    """Write GGUF files for ComfyUI-GGUF and stable-diffusion.cpp from SRC's DiT.
+
+    One file per type (and per expert for A14B), all from a single read of SRC.
+    -o is a .gguf path for one file, else a folder; default names follow city96
+    (wan2.1-t2v-14b-Q4_K_M.gguf) and Comfy-Org for A14B experts.
+
+    \b
+    Examples:
+      wan-export gguf Wan2.1-T2V-14B/ --type Q4_K_M,Q8_0 -o gguf/
+      wan-export gguf Wan2.2-T2V-A14B/ --type Q5_K_M --tensor-type 'ffn\\.2\\.weight$=Q6_K'
+    """
+    from wan_export.converters.gguf import convert_gguf, render_text
+
+    result = convert_gguf(src, output, types=types, tensor_types=tensor_types, imatrix=imatrix,
+                          float_type=float_type, jobs=jobs, overwrite=overwrite,
+                          progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="Cast every float tensor (default: keep each tensor's source dtype).")
+@click.option("--flow-shift", type=float, default=None,
+              help="Scheduler shift (default: the official one of the variant; Wan uses 3.0 for I2V at 480p).")
+@output_options
+def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
+    """Write a diffusers pipeline folder from SRC, loadable offline with DiffusionPipeline.
+
+    SRC is an official release folder (A14B too), a diffusers folder or a DiT
+    file. Weights are renamed, never changed, except for --dtype; the scheduler
+    gets the official flow_shift and A14B its boundary_ratio. A DiT-only SRC
+    becomes a folder WanTransformer3DModel.from_pretrained loads (A14B:
+    transformer/ + transformer_2/). Default output: e.g. Wan2.1-T2V-1.3B-Diffusers.
+
+    \b
+    Examples:
+      wan-export diffusers Wan2.1-T2V-1.3B/
+      wan-export diffusers Wan2.2-T2V-A14B/ --dtype bf16 -o Wan2.2-T2V-A14B-Diffusers
+    """
+    from wan_export.converters.diffusers import convert, render_text
+
+    result = convert(src, output, dtype=dtype, overwrite=overwrite, flow_shift=flow_shift,
+                     progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
 # -- commands above --
 
 
