@@ -208,6 +208,104 @@ def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
     emit(result, as_json, render_text(result))
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="Cast every float tensor (default: the source dtype; mixed dtypes widen losslessly).")
+@click.option("--component", type=click.Choice(["dit", "vae", "text-encoder", "all"]), default="all",
+              show_default=True, help="Which file(s) to write.")
+@click.option("--checkpoint", is_flag=True,
+              help="One all-in-one file (DiT + VAE + UMT5) for ComfyUI's checkpoints/ folder.")
+@output_options
+def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json):
+    """Write the ComfyUI files of SRC: diffusion_models/, vae/ and text_encoders/.
+
+    DiT: stock names, bare, shards merged (A14B: one file per expert). VAE: bare
+    stock names. UMT5: HF names plus the embedded `spiece_model` tokenizer.
+    -o is a .safetensors path when one file results, else a folder. Default
+    names follow Comfy-Org (wan2.1_t2v_1.3B_bf16.safetensors, wan_2.1_vae.safetensors,
+    umt5_xxl_fp16.safetensors); custom dims get _custom_d<dim>_l<layers>.
+
+    \b
+    Examples:
+      wan-export comfyui Wan2.1-T2V-1.3B/ --dtype bf16 -o ComfyUI/models/
+      wan-export comfyui Wan2.2-T2V-A14B/ --component dit --dtype fp16
+      wan-export comfyui diffusion_pytorch_model.safetensors -o wan.safetensors
+    """
+    from wan_export.converters.comfyui import convert, render_text
+
+    result = convert(src, output, dtype=dtype, component=component, checkpoint=checkpoint,
+                     overwrite=overwrite, digests=as_json, progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="Cast the DiT (default: its source dtype). The VAE and T5 keep their source dtype.")
+@output_options
+def stock(src, dtype, output, overwrite, quiet, as_json):
+    """Write SRC (any layout) back as an official Wan release folder.
+
+    DiT: diffusion_pytorch_model.safetensors (shards + index above 10 GB) and
+    config.json; A14B: high_noise_model/ + low_noise_model/; VAE: Wan2.1_VAE.pth /
+    Wan2.2_VAE.pth; T5: models_t5_umt5-xxl-enc-<dtype>.pth; tokenizer folders.
+    Default output: e.g. Wan2.1-T2V-1.3B.
+
+    \b
+    Examples:
+      wan-export stock wan2.1_t2v_1.3B_bf16.safetensors -o Wan2.1-T2V-1.3B
+      wan-export stock Wan2.2-T2V-A14B-Diffusers/ -o Wan2.2-T2V-A14B
+    """
+    from wan_export.converters.stock import render_text, write_stock
+
+    result = write_stock(src, output, dtype=dtype, overwrite=overwrite, digests=as_json,
+                         progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
+class _ONNXComponentOption(click.Option):
+    """--component for onnx: checked by the library (one-line errors); help lists the table lazily."""
+
+    def get_help_record(self, ctx):
+        from wan_export.converters.onnx_specs import COMPONENT_CHOICES
+
+        self.help = f"Which graphs to write: {', '.join(COMPONENT_CHOICES)}."
+        return super().get_help_record(ctx)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("--component", cls=_ONNXComponentOption, default="all", show_default=True, metavar="NAME")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Weights of the graphs (fp16/bf16 keep the DiT's norms, modulation and time path in fp32).")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset (default 20; bf16: 22, the first whose Conv takes bfloat16). TensorRT 10.0 "
+                   "parses <= 20; 23 emits Attention/RMSNormalization (TensorRT 10.15+).")
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
+              help="torch.onnx route; legacy (TorchScript) is faster but copies the weights (< 1 GiB only).")
+@output_options
+def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_json):
+    """Export SRC's DiT, VAE and UMT5 encoder to ONNX graphs with dynamic shapes.
+
+    The DiT takes latents [B, C, F, H, W] (H, W even), timestep, context [B, L, 4096]
+    (+ clip_features / vace_context); A14B writes transformer.onnx (high noise) and
+    transformer_2.onnx. The VAE becomes first/step graphs with its causal cache as
+    explicit inputs/outputs, described in vae.json; wan_onnx.json lists every graph.
+    Weights above 1 GiB go to <graph>.onnx.data. Check with `wan-export validate`.
+
+    \b
+    Examples:
+      wan-export onnx Wan2.1-T2V-1.3B/ -o onnx/
+      wan-export onnx Wan2.2-TI2V-5B/ --component vae-decoder --dtype fp16 -o vae-onnx/
+    """
+    from wan_export.converters.onnx_export import export_onnx, render_text
+
+    result = export_onnx(src, output, component=component, dtype=dtype, opset=opset, exporter=exporter,
+                         overwrite=overwrite, progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
 # -- commands above --
 
 

@@ -50,7 +50,7 @@ ARTIFACTS = (
     ("gguf", _is_gguf, "wan_export.validators.gguf:validate_gguf"),
     ("trt", _is_trt, "wan_export.validators.trt:validate_trt"),
     ("onnx", _is_onnx, "wan_export.validators.onnx:validate_onnx"),
-    ("diffusers", _is_diffusers, "wan_export.validators.diffusers:validate_diffusers"),
+    ("diffusers", _is_diffusers, "wan_export.validators.diffusers_loader:validate_diffusers"),
     ("comfyui", _is_safetensors, "wan_export.validators.comfyui:validate_comfyui"),
 )
 
