@@ -185,12 +185,22 @@ def load_diffusers_artifact(path: str, torch_dtype=None) -> dict[str, tuple[str,
     return _load(path, torch_dtype)[0]
 
 
+def _quiet_loaders() -> None:
+    """diffusers/transformers draw their own progress bars on stderr; ours are enough."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _load(path: str, torch_dtype=None) -> tuple[dict, dict]:
     """(load_diffusers_artifact's dict, {subfolder: loaded module})."""
     path = str(path)
     if not os.path.isdir(path):
         raise BadInputError("not a diffusers folder", path)
     _require_loaders(path)
+    _quiet_loaders()
     found = slots(path)
     if not found:
         raise BadInputError("no diffusers model folders (transformer/, vae/, ...) or config.json here", path)
