@@ -20,8 +20,8 @@ from wan_export.cli import cli
 VARIANT = "wan2.1-t2v-1.3b"
 NAN_TENSOR = "blocks.0.ffn.0.weight"
 # conversion command -> output name given to -o (a file, or a folder for diffusers)
-CONVERTER_OUTPUTS = {"comfyui": "model.safetensors", "diffusers": "model", "gguf": "model.gguf",
-                     "stock": "model.safetensors"}
+CONVERTER_OUTPUTS = {"comfyui": "model", "diffusers": "model", "gguf": "model.gguf",
+                     "stock": "model", "onnx": "model"}
 CONVERTERS = [c for c in CONVERTER_OUTPUTS if c in cli.commands]
 
 

@@ -228,7 +228,7 @@ def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json
 
     \b
     Examples:
-      wan-export comfyui Wan2.1-T2V-1.3B/ --dtype bf16 -o ComfyUI/models/
+      wan-export comfyui Wan2.1-T2V-1.3B/ --dtype bf16 -o comfy/
       wan-export comfyui Wan2.2-T2V-A14B/ --component dit --dtype fp16
       wan-export comfyui diffusion_pytorch_model.safetensors -o wan.safetensors
     """

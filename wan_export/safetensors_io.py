@@ -1,7 +1,9 @@
 """Lazy safetensors reading and header-first streaming writing, with numpy only.
 
 The reader parses and validates the header itself (so a corrupt file gets a
-clear error naming it) and maps tensor data with mmap. The writer computes the
+clear error naming it) and maps tensor data with mmap; a tensor's pages are
+dropped from this process once its array is garbage collected, so streaming
+through a file keeps RSS near the largest tensor. The writer computes the
 whole header from shapes first, then streams tensors one at a time into a temp
 file that is renamed into place only when complete.
 """
@@ -11,6 +13,7 @@ import json
 import mmap
 import os
 import struct
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +87,13 @@ def _check_entry(path: str, name: str, e, data_len: int) -> None:
 
 
 class SafetensorsFile:
-    """One .safetensors file read lazily through mmap."""
+    """One .safetensors file read lazily through mmap.
+
+    `read` returns a read-only view of the mapped bytes (no copy). Touched
+    pages of a file mapping count toward RSS until unmapped, so each array gets
+    a finalizer that drops its pages (MADV_DONTNEED) once the array and every
+    view of it are gone; the bytes stay in the page cache for a later read.
+    """
 
     def __init__(self, path: str):
         self.path = str(path)
@@ -102,13 +111,31 @@ class SafetensorsFile:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         start, end = e["data_offsets"]
         dt = ST_TO_NP[e["dtype"]]
-        arr = np.frombuffer(self._mm, dtype=dt, count=(end - start) // dt.itemsize,
-                            offset=self._offset + start)
+        offset = self._offset + start
+        # views of `arr` keep `arr` alive (its base, the mmap, is not an ndarray), so the
+        # finalizer runs only when the last of them is gone
+        arr = np.frombuffer(self._mm, dtype=dt, count=(end - start) // dt.itemsize, offset=offset)
+        if end > start:
+            page = offset - offset % mmap.PAGESIZE
+            weakref.finalize(arr, _drop_pages, self._mm, page, offset + (end - start) - page).atexit = False
         return arr.reshape(e["shape"])
 
     def close(self) -> None:
         # numpy views may still reference the map; dropping our handle lets GC unmap it
         self._mm = None
+
+
+def _drop_pages(mm: mmap.mmap, start: int, length: int) -> None:
+    """Unmap a released tensor's pages from this process; they stay in the page cache.
+
+    Safe on a read-only shared file mapping even where a page is shared with a
+    neighbouring tensor that is still alive: its next access faults the same
+    bytes back in.
+    """
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, start, length)
+    except (ValueError, OSError, AttributeError):    # map closed, or no madvise on this platform
+        pass
 
 
 def _align(n: int, a: int = 8) -> int:

@@ -52,13 +52,18 @@ def nonfinite_count(arr: np.ndarray, code: str) -> int:
     return 0
 
 
+def check_finite(arr: np.ndarray, code: str, name: str, path: str) -> None:
+    """Refuse a float tensor holding NaN/Inf, naming the tensor and its file."""
+    if code in FLOAT_CODES:
+        bad = nonfinite_count(np.ascontiguousarray(arr), code)
+        if bad:
+            raise BadInputError(f"tensor {name} has {bad} NaN/Inf values", path)
+
+
 def read_checked(p: Planned, src_dtype: str, path: str) -> np.ndarray:
     """Read a planned tensor, refuse NaN/Inf, and cast it to its output dtype."""
     arr = p.read()
-    if src_dtype in FLOAT_CODES:
-        bad = nonfinite_count(np.ascontiguousarray(arr), src_dtype)
-        if bad:
-            raise BadInputError(f"tensor {p.source_name or p.name} has {bad} NaN/Inf values", path)
+    check_finite(arr, src_dtype, p.source_name or p.name, path)
     if tuple(arr.shape) != p.shape:
         raise BadInputError(f"tensor {p.source_name or p.name} has shape {list(arr.shape)}, "
                             f"expected {list(p.shape)}", path)

@@ -151,12 +151,15 @@ def stream_weights(model, table, code: str, keep_fp32=()) -> None:
     import torch
 
     from wan_export.variants import check_shapes
+    from wan_export.writing import check_finite
 
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_shapes({i.name: i.shape for i in table.infos()}, expected, type(model).__name__, table.path)
     for info in table.infos():
         want = "F32" if any(rx.search(info.name) for rx in keep_fp32) else code
-        tensor = _to_torch(table.read(info.name), want)
+        arr = table.read(info.name)
+        check_finite(arr, info.dtype, info.name, table.path)
+        tensor = _to_torch(arr, want)
         owner, _, leaf = info.name.rpartition(".")
         mod = model.get_submodule(owner) if owner else model
         if leaf in mod._parameters:
