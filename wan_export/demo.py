@@ -24,21 +24,21 @@ SUMMARY_FILE = "demo.json"      # also marks a folder that --overwrite may repla
 STEPS: tuple[tuple[str, str, dict], ...] = (
     ("release", "wan_export.synthetic:write_release", {"folder": "{src}", "variant": "{variant}"}),
     ("inspect", "wan_export.inspect:inspect_path", {"path": "{src}"}),
-    ("comfyui bf16", "wan_export.converters.comfyui:convert",
+    ("comfyui-bf16", "wan_export.converters.comfyui:convert",
      {"src": "{src}", "output": "{out}/comfyui/wan_dit_bf16.safetensors", "dtype": "bf16", "component": "dit"}),
-    ("validate comfyui", "wan_export.validators.validate:validate",
+    ("validate-comfyui", "wan_export.validators.validate:validate",
      {"path": "{out}/comfyui/wan_dit_bf16.safetensors", "against": "{src}"}),
     ("stock", "wan_export.converters.stock:write_stock", {"src": "{out}/comfyui/wan_dit_bf16.safetensors",
                                                           "output": "{out}/stock"}),
     ("diffusers", "wan_export.converters.diffusers:convert", {"src": "{src}", "output": "{out}/diffusers"}),
-    ("validate diffusers", "wan_export.validators.validate:validate",
+    ("validate-diffusers", "wan_export.validators.validate:validate",
      {"path": "{out}/diffusers", "against": "{src}"}),
-    ("gguf Q4_K_M", "wan_export.converters.gguf:convert_gguf",
+    ("gguf-Q4_K_M", "wan_export.converters.gguf:convert_gguf",
      {"src": "{src}", "output": "{out}/wan-Q4_K_M.gguf", "types": "Q4_K_M"}),
-    ("validate gguf", "wan_export.validators.validate:validate", {"path": "{out}/wan-Q4_K_M.gguf", "against": "{src}"}),
-    ("onnx dit", "wan_export.converters.onnx_export:export_onnx",
+    ("validate-gguf", "wan_export.validators.validate:validate", {"path": "{out}/wan-Q4_K_M.gguf", "against": "{src}"}),
+    ("onnx-dit", "wan_export.converters.onnx_export:export_onnx",
      {"src": "{src}", "output": "{out}/onnx", "component": "dit"}),
-    ("validate onnx", "wan_export.validators.validate:validate", {"path": "{out}/onnx", "against": "{src}"}),
+    ("validate-onnx", "wan_export.validators.validate:validate", {"path": "{out}/onnx", "against": "{src}"}),
 )
 
 
