@@ -1,40 +1,22 @@
 """Variant specs and detection: full-size key lists (no data) and tiny synthetic files."""
-import ast
-from pathlib import Path
 
 import pytest
 
+from tests.shared_data import DIT_KEY_FILES, key_shapes
 from wan_export.components import load_component
 from wan_export.errors import BadInputError
 from wan_export.synthetic import dit_state, tiny_dit_config, write_safetensors
 from wan_export.variants import VARIANTS, dit_shapes, infer_dit_config, match_variant
 
-KEYS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "keys"
-KEY_FILES = {
-    "wan2.1-t2v-1.3b": "wan21_t2v_1_3b_keys.txt", "wan2.1-t2v-14b": "wan21_t2v_14b_keys.txt",
-    "wan2.1-i2v-14b": "wan21_i2v_14b_keys.txt", "wan2.1-flf2v-14b": "wan21_flf2v_14b_keys.txt",
-    "wan2.2-i2v-a14b": "wan22_i2v_a14b_keys.txt", "wan2.2-ti2v-5b": "wan22_ti2v_5b_keys.txt",
-    "wan2.2-t2v-a14b": "wan21_t2v_14b_keys.txt",
-}
 # (tensors, parameters) from wan-architecture.md section 1
 COUNTS = {"wan2.1-vace-1.3b": (1264, 2_153_972_032), "wan2.1-vace-14b": (1331, 17_337_592_896),
           "wan2.1-t2v-1.3b": (825, 1_418_996_800), "wan2.2-ti2v-5b": (825, 4_999_787_712),
           "wan2.1-flf2v-14b": (1304, 16_395_536_704), "wan2.2-i2v-a14b": (1095, 14_288_901_184)}
 
 
-def read_key_file(name):
-    out = {}
-    for line in (KEYS / name).read_text().splitlines():
-        if line and not line.startswith("#"):
-            k, s = line.split("\t")
-            out[k] = tuple(ast.literal_eval(s))
-    return out
-
-
-@pytest.mark.skipif(not KEYS.exists(), reason="shared/reference/keys not found")
-@pytest.mark.parametrize("variant", sorted(KEY_FILES))
+@pytest.mark.parametrize("variant", sorted(DIT_KEY_FILES))
 def test_full_size_keys_equal_official_lists(variant):
-    official = read_key_file(KEY_FILES[variant])
+    official = key_shapes(DIT_KEY_FILES[variant])
     assert list(dit_shapes(VARIANTS[variant].config).items()) == list(official.items())
     cfg = infer_dit_config(official)
     assert cfg == VARIANTS[variant].config

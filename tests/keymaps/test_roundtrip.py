@@ -5,7 +5,6 @@ on the meta device from the configs we write (so the files load).
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,30 +16,13 @@ from wan_export.converters import diffusers_configs as dc
 from wan_export.errors import BadInputError
 from wan_export.keymaps import vae_diffusers
 from wan_export.keymaps.dit_diffusers import DIT_DIFFUSERS
+from tests.shared_data import DIT_KEY_FILES, key_shapes
 from wan_export.keymaps.umt5_hf import TIED, UMT5_HF
 from wan_export.model.config import VAE21, VAE22, T5Config
 from wan_export.safetensors_io import TensorInfo
 from wan_export.variants import VARIANTS, dit_shapes
 
-KEYS = Path("/work/shared/reference/keys")
-# variant -> official key list (2.2 T2V-A14B experts share the 2.1 T2V-14B list)
-DIT_KEY_FILES = {
-    "wan2.1-t2v-1.3b": "wan21_t2v_1_3b_keys.txt", "wan2.1-t2v-14b": "wan21_t2v_14b_keys.txt",
-    "wan2.1-i2v-14b": "wan21_i2v_14b_keys.txt", "wan2.1-flf2v-14b": "wan21_flf2v_14b_keys.txt",
-    "wan2.2-t2v-a14b": "wan21_t2v_14b_keys.txt", "wan2.2-i2v-a14b": "wan22_i2v_a14b_keys.txt",
-    "wan2.2-ti2v-5b": "wan22_ti2v_5b_keys.txt",
-}
 VAE_KEY_FILES = {"2.1": ("wan_vae21_keys.txt", VAE21), "2.2": ("wan_vae22_keys.txt", VAE22)}
-
-
-def read_keys(name: str) -> dict[str, tuple[int, ...]]:
-    rows = {}
-    for line in (KEYS / name).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape = line.split("\t")
-            dims = shape.strip("[]").strip()
-            rows[key] = tuple(int(d) for d in dims.split(",")) if dims else ()
-    return rows
 
 
 def meta_shapes(library: str, cls_name: str, **kwargs) -> dict[str, tuple[int, ...]]:
@@ -69,7 +51,7 @@ def test_dit_names_are_what_diffusers_builds(variant):
     cfg = VARIANTS[variant].config
     stock = dit_shapes(cfg)
     if variant in DIT_KEY_FILES:                      # the shapes table is the official list
-        assert stock == read_keys(DIT_KEY_FILES[variant])
+        assert stock == key_shapes(DIT_KEY_FILES[variant])
     assert renamed(DIT_DIFFUSERS, stock) == diffusers_meta(dc.transformer_config(cfg))
 
 
@@ -83,7 +65,7 @@ def test_flf2v_pos_embed_is_mapped():
 @pytest.mark.parametrize("version", sorted(VAE_KEY_FILES))
 def test_vae_names_are_what_diffusers_builds(version):
     keyfile, cfg = VAE_KEY_FILES[version]
-    stock = read_keys(keyfile)
+    stock = key_shapes(keyfile)
     config = dc.vae_config(cfg)
     assert "clip_output" not in config
     assert renamed(vae_diffusers.BY_VERSION[version], stock) == diffusers_meta(config)
@@ -91,7 +73,7 @@ def test_vae_names_are_what_diffusers_builds(version):
 
 @pytest.mark.parametrize("version", sorted(VAE_KEY_FILES))
 def test_vae_keymap_for_picks_the_layout(version):
-    stock = list(read_keys(VAE_KEY_FILES[version][0]))
+    stock = list(key_shapes(VAE_KEY_FILES[version][0]))
     foreign = list(vae_diffusers.to_diffusers(stock).values())
     assert vae_diffusers.version_of(stock) == vae_diffusers.version_of(foreign) == version
     assert vae_diffusers.keymap_for(foreign) is vae_diffusers.BY_VERSION[version]
@@ -113,7 +95,7 @@ def test_vae_unmapped_keys_are_listed_together():
 def test_umt5_names_are_what_transformers_builds():
     from transformers import UMT5Config
 
-    stock = read_keys("wan_t5_umt5xxl_encoder_keys.txt")
+    stock = key_shapes("wan_t5_umt5xxl_encoder_keys.txt")
     config = dc.text_encoder_config(T5Config(), "BF16")
     hf = meta_shapes("transformers", "UMT5EncoderModel", config=UMT5Config(**{
         k: v for k, v in config.items() if k not in ("architectures", "transformers_version", "torch_dtype")}))
@@ -126,7 +108,7 @@ def test_umt5_names_are_what_transformers_builds():
 def test_clip_names_are_what_transformers_builds():
     from transformers import CLIPVisionConfig
 
-    stock = read_keys("wan_clip_xlmr_vith14_keys.txt")
+    stock = key_shapes("wan_clip_xlmr_vith14_keys.txt")
     plan = clip_map.plan_to_hf([TensorInfo(k, s, "F16") for k, s in stock.items()])
     dims = dc.clip_shape_config(stock)
     assert dims == {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 16,
@@ -147,8 +129,8 @@ def test_clip_names_are_what_transformers_builds():
 def _all_maps():
     out = [(DIT_DIFFUSERS, dit_shapes(VARIANTS["wan2.1-vace-14b"].config)),
            (DIT_DIFFUSERS, dit_shapes(VARIANTS["wan2.1-flf2v-14b"].config)),
-           (UMT5_HF, read_keys("wan_t5_umt5xxl_encoder_keys.txt"))]
-    out += [(vae_diffusers.BY_VERSION[v], read_keys(f)) for v, (f, _) in VAE_KEY_FILES.items()]
+           (UMT5_HF, key_shapes("wan_t5_umt5xxl_encoder_keys.txt"))]
+    out += [(vae_diffusers.BY_VERSION[v], key_shapes(f)) for v, (f, _) in VAE_KEY_FILES.items()]
     return [(km, list(shapes)) for km, shapes in out]
 
 
@@ -180,7 +162,7 @@ def test_any_block_index_round_trips(i, suffix, group):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 10**4), st.sampled_from([k for k in read_keys("wan_vae22_keys.txt")
+@given(st.integers(0, 10**4), st.sampled_from([k for k in key_shapes("wan_vae22_keys.txt")
                                                 if k.startswith(("encoder.downsamples.0.", "decoder.upsamples.0."))]))
 def test_vae22_any_level_round_trips(level, key):
     part, rest = key.split(".0.", 1)

@@ -6,20 +6,18 @@ fused q/k/v, strict loading errors and meta-device builds.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.shared_data import key_list
 
 from wan_export.errors import BadInputError
 from wan_export.model.config import DiTConfig
 from wan_export.model.dit import WanDiT, fuse_qkv_state_dict, load_dit, split_qkv_state_dict
 from wan_export.model.rope import sinusoidal_embedding
 
-KEYS_DIR = Path(os.environ.get("WAN_EXPORT_REFERENCE", "/work/shared/reference")) / "keys"
 
 # (key file or None, config, parameter count) from wan-architecture.md §1
 _14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
@@ -41,15 +39,6 @@ VACE = {  # config, tensors, parameters
 }
 
 
-def _read_keys(name: str) -> list[tuple[str, list[int]]]:
-    path = KEYS_DIR / name
-    if not path.exists():
-        pytest.skip(f"reference key list {path} not available")
-    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
-    return [(k, json.loads(s)) for k, s in rows]
-
-
 def _meta_model(cfg: DiTConfig, fused_qkv: bool = False) -> WanDiT:
     with torch.device("meta"):
         return WanDiT(cfg, fused_qkv=fused_qkv)
@@ -59,8 +48,8 @@ def _meta_model(cfg: DiTConfig, fused_qkv: bool = False) -> WanDiT:
 def test_full_size_keys_match_official(variant):
     key_file, cfg, params = FULL[variant]
     model = _meta_model(cfg)
-    got = [(k, list(v.shape)) for k, v in model.state_dict().items()]
-    assert got == _read_keys(key_file)
+    got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert got == key_list(key_file)
     assert sum(p.numel() for p in model.parameters()) == params
     assert not list(model.buffers())
 

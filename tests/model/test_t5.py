@@ -2,33 +2,24 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.shared_data import key_list
 
 from wan_export.errors import BadInputError
 from wan_export.model.config import UMT5_XXL, T5Config
 from wan_export.model.t5 import UMT5Encoder, load_t5
 
-KEYS = Path("/work/shared/reference/keys/wan_t5_umt5xxl_encoder_keys.txt")
 TINY = T5Config(vocab=256, dim=64, dim_attn=64, dim_ffn=96, num_heads=4, num_layers=2,
                 num_buckets=32, max_distance=128)
-
-
-def read_keys(path: Path) -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape = line.split("\t")
-            rows.append((name, tuple(int(d) for d in shape.strip("[]").split(","))))
-    return rows
 
 
 def test_stock_keys_on_meta():
     with torch.device("meta"):
         model = UMT5Encoder(UMT5_XXL)
-    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == read_keys(KEYS)
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == key_list("wan_t5_umt5xxl_encoder_keys.txt")
     assert sum(p.numel() for p in model.parameters()) == 5_680_910_336
 
 

@@ -2,29 +2,20 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.shared_data import key_list
 
 from wan_export.errors import BadInputError
 from wan_export.model.config import VAE21, VAE22, WAN22_LATENT_MEAN, WAN22_LATENT_STD, VAEConfig
 from wan_export.model.vae import WanVAE, load_vae
 
-KEYS = Path("/work/shared/reference/keys")
 TINY21 = VAEConfig(version="2.1", dim=16, dec_dim=16, z_dim=16)
 TINY22 = VAEConfig(version="2.2", dim=16, dec_dim=32, z_dim=48,
                    latents_mean=WAN22_LATENT_MEAN, latents_std=WAN22_LATENT_STD)
 TINY = {"2.1": TINY21, "2.2": TINY22}
-
-
-def read_keys(path: Path) -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape = line.split("\t")
-            rows.append((name, tuple(int(d) for d in shape.strip("[]").split(","))))
-    return rows
 
 
 @pytest.mark.parametrize("cfg, keyfile, params", [
@@ -35,7 +26,7 @@ def test_stock_keys_on_meta(cfg, keyfile, params):
     with torch.device("meta"):
         model = WanVAE(cfg)
     ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    assert ours == read_keys(KEYS / keyfile)
+    assert ours == key_list(keyfile)
     assert sum(p.numel() for p in model.parameters()) == params
 
 

@@ -6,34 +6,14 @@ The golden files come from ggml's non-FMA C build (see shared/golden/ggml/README
 """
 from __future__ import annotations
 
-import functools
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.shared_data import golden
 from wan_export.quantizers.ggml import GGML_TYPES, dequantize, quantize, quantizer
 
-GOLDEN = Path(os.environ.get("WAN_EXPORT_GOLDEN")
-              or Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "ggml")
 TYPES = [name for name, t in GGML_TYPES.items() if t.impl and t.impl.startswith("kquants:")]
-
-
-@functools.cache
-def _load(name):
-    path = GOLDEN / f"{name}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-def golden(name):
-    z = _load(name)
-    if z is None:
-        pytest.skip(f"no golden vectors at {GOLDEN} (set WAN_EXPORT_GOLDEN)")
-    return z
 
 
 def _check_rows(z, key, make):

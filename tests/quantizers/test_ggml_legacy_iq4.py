@@ -6,13 +6,11 @@ a second, independent oracle for the legacy types.
 """
 from __future__ import annotations
 
-import functools
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.shared_data import golden
 from wan_export.quantizers.ggml import (
     GGML_TYPES,
     dequantize,
@@ -22,27 +20,9 @@ from wan_export.quantizers.ggml import (
     quantizer,
 )
 
-GOLDEN = Path(os.environ.get("WAN_EXPORT_GOLDEN")
-              or Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "ggml")
 TYPES = [name for name, t in GGML_TYPES.items()
          if t.impl and t.impl.split(":")[0] in ("legacy", "iq4")]
 LEGACY = [name for name in TYPES if GGML_TYPES[name].impl.startswith("legacy:")]
-
-
-@functools.cache
-def _load(name):
-    path = GOLDEN / f"{name}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-def golden(name):
-    z = _load(name)
-    if z is None:
-        pytest.skip(f"no golden vectors at {GOLDEN} (set WAN_EXPORT_GOLDEN)")
-    return z
 
 
 def _bad_rows(got, want):
