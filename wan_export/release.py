@@ -48,7 +48,7 @@ class Release:
         return found[0]
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -61,7 +61,7 @@ def _shard_members(folder: str) -> set[str]:
     members = set()
     for n in os.listdir(folder):
         if n.endswith(".safetensors.index.json"):
-            wm = _read_json(os.path.join(folder, n)).get("weight_map") or {}
+            wm = read_json(os.path.join(folder, n)).get("weight_map") or {}
             members |= {os.path.normpath(v) for v in wm.values() if isinstance(v, str)}
     return members
 
@@ -107,7 +107,7 @@ def open_input(path: str) -> Release:
         return _open_diffusers(path)
     rel = Release(path, layout="release")
     if os.path.exists(os.path.join(path, "config.json")):
-        rel.config_json = _read_json(os.path.join(path, "config.json"))
+        rel.config_json = read_json(os.path.join(path, "config.json"))
     if all(os.path.isdir(os.path.join(path, f"{e}_model")) for e in EXPERTS):
         rel.layout = "release (A14B experts)"
         for e in EXPERTS:
@@ -115,7 +115,7 @@ def open_input(path: str) -> Release:
             model = find_model_file(sub)
             if model is None:
                 raise BadInputError("no DiT weights found", sub)
-            hints = _read_json(os.path.join(sub, "config.json")) if os.path.exists(
+            hints = read_json(os.path.join(sub, "config.json")) if os.path.exists(
                 os.path.join(sub, "config.json")) else rel.config_json
             _add(rel, load_component(model, expert=e, hints=hints), f"dit.{e}")
     for f in _tensor_files(path):

@@ -10,12 +10,12 @@ own config builds on the meta device, and nothing loaded may stay on meta.
 """
 from __future__ import annotations
 
-import json
 import os
 from importlib import import_module
 from importlib.util import find_spec
 
 from wan_export.errors import BadInputError, UnsupportedError
+from wan_export.release import read_json
 from wan_export.sources import find_model_file, open_file
 
 # subfolder -> (component kind, library, allowed classes)
@@ -30,16 +30,8 @@ SUBFOLDERS = {
 FILE_PREFIX = {"clip": "vision_model."}
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise BadInputError(f"cannot read JSON ({e})", path) from None
-
-
 def _class_name(folder: str) -> str:
-    cfg = _read_json(os.path.join(folder, "config.json"))
+    cfg = read_json(os.path.join(folder, "config.json"))
     return cfg.get("_class_name") or (cfg.get("architectures") or [""])[0]
 
 
@@ -109,11 +101,11 @@ def config_problems(path: str) -> list[str]:
     """Known-bad configs (formats-diffusers.md section 6) a loader accepts but runs wrongly."""
     out = []
     vae = os.path.join(path, "vae", "config.json")
-    if os.path.isfile(vae) and "clip_output" in _read_json(vae):
+    if os.path.isfile(vae) and "clip_output" in read_json(vae):
         out.append("vae/config.json has clip_output, which AutoencoderKLWan no longer accepts")
     index_path = os.path.join(path, "model_index.json")
     if os.path.isfile(index_path):
-        index = _read_json(index_path)
+        index = read_json(index_path)
         has_t2 = (index.get("transformer_2") or [None])[0] is not None
         if has_t2 != (index.get("boundary_ratio") is not None):
             out.append("model_index.json: boundary_ratio and transformer_2 must come together "
@@ -354,10 +346,10 @@ def _pipeline_info(path: str, src) -> dict:
         info["official_flow_shift"] = v.flow_shift
     sched = os.path.join(path, "scheduler", "scheduler_config.json")
     if os.path.isfile(sched):
-        info["flow_shift"] = _read_json(sched).get("flow_shift")
+        info["flow_shift"] = read_json(sched).get("flow_shift")
     index = os.path.join(path, "model_index.json")
     if os.path.isfile(index):
-        idx = _read_json(index)
+        idx = read_json(index)
         info["pipeline"] = idx.get("_class_name")
         info["boundary_ratio"] = idx.get("boundary_ratio")
     return info
