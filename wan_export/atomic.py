@@ -74,6 +74,20 @@ def atomic_dir(path: str, overwrite: bool = False):
         raise
 
 
+class AtomicWriter:
+    """The context-manager protocol of the streaming writers: close() on success, abort() on error."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
 def check_output_file(path: str, overwrite: bool) -> None:
     if os.path.exists(path) and not overwrite:
         raise BadInputError("output exists (use --overwrite)", path)

@@ -20,7 +20,7 @@ import numpy as np
 
 from wan_export.dtypes import ST_TO_NP, itemsize, st_code
 from wan_export.errors import BadInputError, WanExportError
-from wan_export.atomic import atomic_file
+from wan_export.atomic import AtomicWriter, atomic_file
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -156,7 +156,7 @@ def build_header(infos: list[TensorInfo], metadata: dict[str, str] | None) -> by
     return raw + b" " * (_align(len(raw) + 8) - 8 - len(raw))
 
 
-class SafetensorsWriter:
+class SafetensorsWriter(AtomicWriter):
     """Streaming writer: declare every tensor, then write them in that order.
 
     States: open -> writing -> closed. Writing a tensor out of order, with the
@@ -200,13 +200,3 @@ class SafetensorsWriter:
         if self._f is not None:
             self._ctx.__exit__(WanExportError, WanExportError("aborted"), None)
             self._f = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        if et is None:
-            self.close()
-        else:
-            self.abort()
-        return False

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wan_export.atomic import atomic_file
+from wan_export.atomic import AtomicWriter, atomic_file
 from wan_export.errors import WanExportError
 from wan_export.quantizers.ggml import GGML_TYPES
 
@@ -125,7 +125,7 @@ class Layout:
         return len(self.header) + self.data_bytes
 
 
-class GGUFFileWriter:
+class GGUFFileWriter(AtomicWriter):
     """Streams tensors into a planned Layout; atomic (temp file + rename)."""
 
     def __init__(self, path: str, layout: Layout):
@@ -165,13 +165,3 @@ class GGUFFileWriter:
         if self._f is not None:
             self._f = None
             self._ctx.__exit__(WanExportError, WanExportError("aborted"), None)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        if et is None:
-            self.close()
-        else:
-            self.abort()
-        return False
