@@ -30,6 +30,22 @@ class Group(click.Group):
             ctx.exit(130)
 
 
+class TableHelpOption(click.Option):
+    """An option whose values the library checks (one-line errors) and whose help lists a table
+    ("module:NAME") imported only when help is shown, so start-up stays light."""
+
+    def __init__(self, *args, table: str, help_text: str, **kwargs):
+        self._table, self._help_text = table, help_text
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx):
+        from importlib import import_module
+
+        module, name = self._table.split(":")
+        self.help = self._help_text.format(", ".join(getattr(import_module(module), name)))
+        return super().get_help_record(ctx)
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")(f)
 
@@ -138,19 +154,11 @@ def demo(output, variant, overwrite, as_json):
     raise_if_failed(summary)
 
 
-class _GGUFTypesOption(click.Option):
-    """--type: a comma-separated list the library checks (one-line errors); help lists the table lazily."""
-
-    def get_help_record(self, ctx):
-        from wan_export.quantizers.gguf_policy import MIXES
-
-        self.help = f"GGUF type(s), comma-separated, one file each: {', '.join(MIXES)}."
-        return super().get_help_record(ctx)
-
-
 @cli.command(context_settings=CONTEXT)
 @click.argument("src")
-@click.option("-t", "--type", "types", cls=_GGUFTypesOption, default="Q4_K_M", show_default=True,
+@click.option("-t", "--type", "types", cls=TableHelpOption,
+              table="wan_export.quantizers.gguf_policy:MIXES",
+              help_text="GGUF type(s), comma-separated, one file each: {}.", default="Q4_K_M", show_default=True,
               metavar="T[,T...]")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
               help="Override the type of tensors whose stock name matches REGEX (repeatable; first match wins).")
@@ -264,19 +272,10 @@ def stock(src, dtype, output, overwrite, quiet, as_json):
     emit(result, as_json, render_text(result))
 
 
-class _ONNXComponentOption(click.Option):
-    """--component for onnx: checked by the library (one-line errors); help lists the table lazily."""
-
-    def get_help_record(self, ctx):
-        from wan_export.converters.onnx_specs import COMPONENT_CHOICES
-
-        self.help = f"Which graphs to write: {', '.join(COMPONENT_CHOICES)}."
-        return super().get_help_record(ctx)
-
-
 @cli.command(context_settings=CONTEXT)
 @click.argument("src")
-@click.option("--component", cls=_ONNXComponentOption, default="all", show_default=True, metavar="NAME")
+@click.option("--component", cls=TableHelpOption,
+              table="wan_export.converters.onnx_specs:COMPONENT_CHOICES", help_text="Which graphs to write: {}.", default="all", show_default=True, metavar="NAME")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Weights of the graphs (fp16/bf16 keep the DiT's norms, modulation and time path in fp32).")
 @click.option("--opset", type=int, default=None,
