@@ -305,6 +305,61 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
     emit(result, as_json, render_text(result))
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("-o", "--output", default="calib.safetensors", show_default=True, type=click.Path(),
+              help="The CALIB .safetensors file to write.")
+@click.option("--prompts", "prompts", default=None, metavar="FILE",
+              help="Prompts: .txt (one per line), .jsonl ({\"prompt\": ...}) or .csv (prompt/caption column); "
+                   "default: the built-in set of 72.")
+@click.option("--num-prompts", type=int, default=None, help="Use the first N prompts.")
+@click.option("--context", default=None, metavar="FILE",
+              help="Precomputed embeddings instead of prompts: .safetensors with prompt_embeds [N, L, 4096] "
+                   "(+ negative_prompt_embeds [L, 4096]); needs no UMT5.")
+@click.option("--steps", type=int, default=None, help="Denoising steps (default: the variant's official count).")
+@click.option("--size", default=None, metavar="WxH", help="Video size in pixels (default: the official one).")
+@click.option("--frames", type=int, default=None, help="Video frames, 4k+1 (default: official).")
+@click.option("--guidance", type=float, default=None, help="CFG scale (default: official; A14B: per expert).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed of prompt i is SEED + i.")
+@click.option("--image", default=None, metavar="FILE", help="First frame (I2V, FLF2V, TI2V).")
+@click.option("--last-image", default=None, metavar="FILE", help="Last frame (FLF2V).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Under torchrun with cuda, rank r uses GPU LOCAL_RANK.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Compute dtype of the reference models.")
+@click.option("--save-activations", type=int, default=0, show_default=True, metavar="N",
+              help="Also keep N input rows per layer (for SVDQuant smoothing and GPTQ).")
+@click.option("--imatrix-gguf", default=None, metavar="FILE",
+              help="Also write llama.cpp's imatrix GGUF (in_sum2/counts) for sd.cpp and llama.cpp tools.")
+@click.option("--no-attention", is_flag=True, help="Skip the attention (q/k/v/softmax) amax.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@json_option
+def calibrate(src, output, prompts, num_prompts, context, steps, size, frames, guidance, seed, image, last_image,
+              device, dtype, save_activations, imatrix_gguf, no_attention, overwrite, quiet, as_json):
+    """Record activation statistics of SRC's DiT over the official sampling trajectory.
+
+    Runs prompts -> UMT5 -> the DiT(s) with the official sampler, CFG and (A14B)
+    expert switch, and writes per-Linear input amax (tensor and channel), sum of
+    squares + count (the importance matrix), a |x| histogram and attention amax
+    under stock names: the CALIB file that gguf --imatrix, the FP8/NVFP4 writers,
+    svdquant and trt read. On several processes: torchrun --nproc-per-node N -m
+    wan_export calibrate ... (same bytes as one process).
+
+    \b
+    Examples:
+      wan-export calibrate Wan2.1-T2V-1.3B/ -o calib.safetensors --num-prompts 16 --steps 20 --size 480x272
+      torchrun --nproc-per-node 2 -m wan_export calibrate Wan2.2-T2V-A14B/ --device cuda -o calib.safetensors
+    """
+    from wan_export.calibration.run import calibrate as run, render_text
+
+    result = run(src, output, prompts=prompts, num_prompts=num_prompts, context=context, steps=steps, size=size,
+                 frames=frames, guidance=guidance, seed=seed, image=image, last_image=last_image, device=device,
+                 dtype=dtype, save_activations=save_activations, imatrix_gguf=imatrix_gguf,
+                 attention=not no_attention, overwrite=overwrite, progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
 # -- commands above --
 
 
