@@ -119,7 +119,7 @@ def test_gguf_consumes_calib_and_imatrix_gguf(tiny_release, runner, tmp_path):
     from wan_export.converters.gguf_imatrix import load_imatrix
     from wan_export.release import open_input
 
-    comp = open_input(src).dits["high_noise_model"]
+    comp = open_input(src).dits["dit.high_noise"]
     shapes = {i.name: i.shape for i in comp.table.infos()}
     a, b = load_imatrix(str(out), shapes, "high_noise"), load_imatrix(str(im), shapes, "high_noise")
     assert set(a) == set(b) and all(np.allclose(a[k], b[k], rtol=1e-6) for k in a)
