@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from wan_export.cost.ops import MATMUL_CLASSES, Ops
-from wan_export.cost.transformers import clip_forward, dit_forward, dit_tokens, t5_forward
+from wan_export.cost.transformer_flops import clip_forward, dit_forward, dit_tokens, t5_forward
 from wan_export.cost.vae import decode_chunk, decode_cost, encode_chunk, encode_cost
 from wan_export.model.config import UMT5_XXL, VAE21, VAE22
 from wan_export.model.dit import WanDiT

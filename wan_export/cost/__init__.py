@@ -2,7 +2,7 @@
 
 `run_cost(...)` is what `wan-export cost` calls: it resolves the model (any input
 `inspect` takes, or a variant name), the format and the GPU, and returns the
-report dict of `pipeline.estimate`. Modules: ops (op classes), transformers / vae
+report dict of `pipeline.estimate`. Modules: ops (op classes), transformer_flops / vae
 (analytic FLOPs, exact against FlopCounterMode), schedule (A14B expert steps),
 formats (weight bytes), gpus (datasheet table), roofline, pipeline, render, svg.
 """

@@ -8,6 +8,7 @@ sizes are the exact file sizes of `wan-export gguf` (converters/gguf.plan_file).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -64,13 +65,14 @@ def get_format(name: str) -> Format:
     raise BadInputError(f"unknown format {name!r} (known: {', '.join(all_formats())})")
 
 
-def quantized_linears(cfg: DiTConfig) -> list[tuple[str, tuple[int, int]]]:
+@functools.lru_cache(maxsize=8)
+def quantized_linears(cfg: DiTConfig) -> tuple[tuple[str, tuple[int, int]], ...]:
     """The block Linear weights that fp8 / nvfp4 / SVDQuant quantize, in file order."""
     from wan_export.quantizers.gguf_policy import GGUFPolicy, resolve
 
     shapes = dit_shapes(cfg)
     decisions = resolve(GGUFPolicy("Q8_0"), list(shapes.items()))
-    return [(d.name, d.shape) for d in decisions if d.rule in QUANTIZED_RULES]
+    return tuple((d.name, d.shape) for d in decisions if d.rule in QUANTIZED_RULES)
 
 
 def _quantized_bytes(kind: str, name: str, n: int, k: int) -> int:

@@ -15,7 +15,7 @@ from wan_export.cost import formats, roofline
 from wan_export.cost.gpus import GPU
 from wan_export.cost.ops import Ops
 from wan_export.cost.schedule import expert_steps
-from wan_export.cost.transformers import (clip_activation_bytes, clip_forward, dit_activation_bytes, dit_forward,
+from wan_export.cost.transformer_flops import (clip_activation_bytes, clip_forward, dit_activation_bytes, dit_forward,
                                           dit_tokens, t5_activation_bytes, t5_forward)
 from wan_export.cost.vae import decode_cost, encode_cost
 from wan_export.errors import BadInputError

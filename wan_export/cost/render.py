@@ -26,7 +26,9 @@ def _row(s: dict) -> list[str]:
 
 def table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return [fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows[1:]]
 
 
@@ -38,7 +40,8 @@ def render_text(r: dict) -> str:
              f"{st['steps']} steps, CFG {'on' if st['cfg'] else 'off'}, batch {st['batch']}, format {st['format']}"
              + (f", boundary {st['boundary_ratio']}" if st["boundary_ratio"] else ""),
              f"GPU {gpu['name']}{par}: bf16 {gpu['peak_tflops']['bf16']:g} TFLOPS dense, "
-             f"{gpu['bandwidth_gbs']:g} GB/s, {gpu['memory_gb']:g} GB; efficiency "
+             f"{gpu['bandwidth_gbs']:g} GB/s" + (f", {gpu['memory_gb']:g} GB" if gpu["memory_gb"] else "")
+             + "; efficiency "
              + ", ".join(f"{k} {v:.2f}" for k, v in r["efficiency"].items()), ""]
     rows = [list(COLUMNS)] + [_row(s) for s in r["stages"]]
     tot = r["total"]["flops"]

@@ -116,7 +116,7 @@ def decode_chunk(cfg: VAEConfig, h: int, w: int, first: bool, batch: int = 1) ->
     tr.causal_conv(d0, 3, 3)
     tr.residual(d0), tr.attention(), tr.residual(d0)
     is22 = cfg.version == "2.2"
-    for i, _, out, temporal, up in _levels(cfg, decoder=True):
+    for _, _, out, temporal, up in _levels(cfg, decoder=True):
         for _ in range(cfg.num_res_blocks + 1):
             tr.residual(out)
         if up:
