@@ -16,6 +16,7 @@ from wan_export.model.config import VAEConfig
 
 CACHE_T = 2
 NORM_SILU_OPS = 8        # RMS norm + SiLU per element before each 3x3x3 conv (our estimate)
+COPY_OPS = 2             # a copy (cat with the cached frames, pad, nearest upsample): one read + one write
 
 
 @dataclass
@@ -42,9 +43,10 @@ class Tracer:
     def causal_conv(self, c_out: int, kt: int, ks: int, held: int = 0) -> None:
         """CausalConv3d with kernel (kt, ks, ks), stride 1, 'same' spatial padding."""
         context = kt - 1
+        n_in, positions = self.size, self.batch * self.t * self.h * self.w
         if context:
             self.cache.append((self.batch, self.c, context, self.h, self.w))
-        n_in, positions = self.size, self.batch * self.t * self.h * self.w
+            self.ops += Ops(elementwise=COPY_OPS * n_in * (self.t + context) // self.t)
         self.ops += Ops(conv=2 * positions * self.c * c_out * kt * ks * ks)
         self._live(held + n_in * (self.t + context) // self.t + positions * c_out)
         self.c = c_out
@@ -80,6 +82,7 @@ class Tracer:
                 self.causal_conv(2 * c, 3, 1)
                 self.c, self.t = c, 2 * self.t
         self._live(self.size * 4 + self.batch * self.t * 4 * self.h * self.w * up_dim)
+        self.ops += Ops(elementwise=COPY_OPS * 4 * self.size)
         self.conv2d(up_dim, 2 * self.h, 2 * self.w)
 
     def downsample(self, mode: str) -> None:
