@@ -30,7 +30,7 @@ class Format:
 
 
 NATIVE = {f.name: f for f in (
-    Format("fp32", "dense", "tf32", 32),
+    Format("fp32", "dense", "fp32", 32),       # torch matmuls default to full fp32 (no TF32)
     Format("bf16", "dense", "bf16", 16),
     Format("fp16", "dense", "fp16", 16),
     Format("fp8", "fp8", "fp8", note="e4m3fn block Linears + F32 per-tensor scale (ComfyUI fp8_scaled)"),
