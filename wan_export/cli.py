@@ -359,6 +359,53 @@ def calibrate(src, output, prompts, num_prompts, context, steps, size, frames, g
                  attention=not no_attention, overwrite=overwrite, progress=progress(quiet or as_json))
     emit(result, as_json, render_text(result))
 
+@click.argument("src", required=False)
+@click.option("--variant", default=None, help="A released variant instead of SRC (e.g. wan2.1-t2v-14b).")
+@click.option("--size", default=None, metavar="WxH", help="Video size (default: the largest trained size).")
+@click.option("--frames", type=int, default=None, help="Frames, 4k+1 (default: 81; TI2V-5B 121).")
+@click.option("--steps", type=int, default=None, help="Denoising steps (default: the official count).")
+@click.option("--cfg/--no-cfg", default=True, show_default=True,
+              help="Classifier-free guidance: two DiT forwards per step and a negative prompt.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Videos generated together.")
+@click.option("--format", "fmt", cls=TableHelpOption, table="wan_export.cost.formats:NATIVE", default="bf16",
+              show_default=True, metavar="NAME",
+              help_text="DiT weight format: {} or any GGUF type (Q8_0, Q4_K_M, ...).")
+@click.option("--shift", type=float, default=None, help="Flow shift (default: official; sets the A14B split).")
+@click.option("--gpu", cls=TableHelpOption, table="wan_export.cost.gpus:GPUS", default=None, metavar="NAME",
+              help_text="GPU: {} (default H100).")
+@click.option("--peak-tflops", type=float, default=None, help="A custom GPU: dense tensor peak, TFLOPS.")
+@click.option("--bandwidth", type=float, default=None, help="A custom GPU: memory bandwidth, GB/s.")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs sharing the DiT.")
+@click.option("--parallel", cls=TableHelpOption, table="wan_export.cost.roofline:PARALLEL_MODES",
+              default="sequence", show_default=True, metavar="MODE",
+              help_text="Multi-GPU DiT: {} (sequence = Ulysses; cfg splits the CFG branches).")
+@click.option("--plot", default=None, metavar="FILE.svg", help="Also draw the stage breakdown by size and frames.")
+@json_option
+def cost(src, variant, size, frames, steps, cfg, batch, fmt, shift, gpu, peak_tflops, bandwidth, gpus, parallel,
+         plot, as_json):
+    """Estimate FLOPs, memory and time of a Wan generation, stage by stage.
+
+    SRC is any input inspect takes (only shapes are read), or give --variant.
+    Stages: UMT5 (prompt + negative prompt), CLIP and VAE encode (I2V/FLF2V/
+    TI2V/VACE), the DiT x steps x CFG (A14B split at the boundary), VAE decode.
+    FLOPs by op class (GEMM + attention + conv as FlopCounterMode counts them),
+    weight bytes in --format, activations and VAE feat_cache, and a roofline
+    time on --gpu with the efficiency factors it prints.
+
+    \b
+    Examples:
+      wan-export cost --variant wan2.1-t2v-14b --size 1280x720 --frames 81 --gpu H100
+      wan-export cost Wan2.2-T2V-A14B/ --format Q4_K_M --gpu "RTX 4090" --json
+      wan-export cost --variant wan2.1-t2v-14b --gpus 8 --parallel ring --plot cost.svg
+    """
+    from wan_export.cost import run_cost
+    from wan_export.cost.render import render_text
+
+    report = run_cost(src, variant, size=size, frames=frames, steps=steps, cfg=cfg, batch=batch, fmt=fmt,
+                      gpu=gpu, peak_tflops=peak_tflops, bandwidth=bandwidth, gpus=gpus, parallel=parallel,
+                      shift=shift, plot=plot)
+    emit(report, as_json, render_text(report))
+
 
 # -- commands above --
 
