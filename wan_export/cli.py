@@ -359,6 +359,8 @@ def calibrate(src, output, prompts, num_prompts, context, steps, size, frames, g
                  attention=not no_attention, overwrite=overwrite, progress=progress(quiet or as_json))
     emit(result, as_json, render_text(result))
 
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("src", required=False)
 @click.option("--variant", default=None, help="A released variant instead of SRC (e.g. wan2.1-t2v-14b).")
 @click.option("--size", default=None, metavar="WxH", help="Video size (default: the largest trained size).")
