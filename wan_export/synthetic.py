@@ -348,3 +348,14 @@ def write_release(folder: str, variant: str, *, seed: int = 0, dtype: str = "BF1
         write_pth(os.path.join(folder, CLIP_FILE), clip_state(tiny_clip_config(), seed))
         write_tokenizer(os.path.join(folder, "xlm-roberta-large"), "xlmr")
     return folder
+
+
+def write_image(path: str, width: int, height: int, seed: int = 0) -> str:
+    """A smooth synthetic RGB frame (gradients plus noise) as PNG, for image-conditioned variants."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = np.stack([xx, yy, 1 - xx * yy], -1) * 200 + rng.normal(0, 12, (height, width, 3))
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+    return path

@@ -56,7 +56,7 @@ def test_every_variant_calibrates(variant, tiny_release, runner, tmp_path, image
         st = c.layer("blocks.0.ffn.0", e)
         assert int(st["input_count"]) > 0 and float(st["input_amax"]) > 0
         assert st["input_channel_amax"].max() == pytest.approx(float(st["input_amax"]))
-        assert int(st["input_hist"].sum()) == int(st["input_count"]) * st["input_sum2"].shape[0]
+        assert 0 < int(st["input_hist"].sum()) <= int(st["input_count"]) * st["input_sum2"].shape[0]
         assert c.attention("blocks.0.self_attn", e)["softmax_amax"] <= 1.0
     if "vace" in variant:
         assert "vace_blocks.0.ffn.0" in c.layers()
