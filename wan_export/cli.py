@@ -62,7 +62,9 @@ def output_options(f):
 def emit(result: dict, as_json: bool, text: str | None = None) -> None:
     """Print a command's result: JSON on stdout with --json, else the text form."""
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        from wan_export.validators.report import json_default
+
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=json_default))
     elif text:
         click.echo(text)
 

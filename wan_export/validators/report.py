@@ -84,7 +84,7 @@ class Report:
                             "metrics": c.metrics, "note": c.note} for c in self.checks], **self.extra}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=_json_default)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=json_default)
 
     def to_markdown(self) -> str:
         lines = [f"# Parity report: {self.format}", "",
@@ -122,9 +122,13 @@ class Report:
                               self.artifact)
 
 
-def _json_default(o):
-    if hasattr(o, "tolist"):                   # numpy arrays (e.g. preview frames) as nested lists
-        return o.tolist()
+def json_default(o):
+    """JSON for what json cannot write: numpy arrays (e.g. preview frames) as dtype, shape and
+    base64 of the C-order bytes; anything else as str."""
+    if hasattr(o, "tobytes") and hasattr(o, "shape"):
+        import base64
+
+        return {"dtype": str(o.dtype), "shape": list(o.shape), "base64": base64.b64encode(o.tobytes()).decode()}
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     return str(o)

@@ -22,7 +22,7 @@ from wan_export.validators.report import Report, Tolerance
 # (bf16 from fp32, fp8, GGUF) drift along the trajectory.
 TOLERANCES = {
     "exact": (Tolerance(max_rel_l2=1e-5), Tolerance(min_psnr_db=80.0)),
-    "lossy": (Tolerance(max_rel_l2=0.25), Tolerance(min_psnr_db=20.0)),
+    "lossy": (Tolerance(max_rel_l2=0.15), Tolerance(min_psnr_db=25.0)),
 }
 DEFAULT_PROMPT = "A cat walks on the grass, realistic style."
 PREVIEW_FRAMES = 3
