@@ -62,7 +62,9 @@ def output_options(f):
 def emit(result: dict, as_json: bool, text: str | None = None) -> None:
     """Print a command's result: JSON on stdout with --json, else the text form."""
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        from wan_export.validators.report import json_default
+
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=json_default))
     elif text:
         click.echo(text)
 
@@ -114,21 +116,39 @@ def inspect(path, no_scan, as_json, quiet):
 @click.option("--against", required=True, help="The source checkpoint (file or release folder).")
 @click.option("--report", "report_path", type=click.Path(), default=None,
               help="Write the report here (.json for JSON, anything else for Markdown).")
+@click.option("--sampling", is_flag=True,
+              help="Also sample a short video through the artifact and the reference from the same noise.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampling steps (default 10).")
+@click.option("--size", default=None, metavar="WxH", help="Sampling size (default: twice the size multiple).")
+@click.option("--frames", type=int, default=None, help="Sampled frames, 4k+1 (default 5).")
+@click.option("--prompt", default=None, help="Prompt for --sampling (default: a fixed test prompt).")
+@click.option("--seed", type=int, default=None, help="Seed of the initial noise (default 0).")
 @json_option
-def validate(path, against, report_path, as_json):
+def validate(path, against, report_path, sampling, steps, size, frames, prompt, seed, as_json):
     """Load artifact PATH through its real consumer and compare against SRC.
 
     Runs the reference model on both weight sets with fixed inputs and checks
     the outputs against per-format, per-dtype tolerances stated in the report.
+    With --sampling it also runs the official sampler (UniPC, CFG, expert
+    switch; a diffusers folder with its own scheduler config) through both and
+    reports per-step latent rel-L2 and the decoded video's PSNR.
     Exit code 0: parity holds; 1: parity failed; 2: bad input.
 
     \b
     Example:
       wan-export validate wan2.1_t2v_1.3B_bf16.safetensors --against Wan2.1-T2V-1.3B/ --report parity.md
+      wan-export validate Wan2.1-T2V-1.3B-Diffusers/ --against Wan2.1-T2V-1.3B/ --sampling --steps 10 --size 64x64
     """
     from wan_export.validators.validate import validate as run
 
-    report = run(path, against, report_path)
+    options = None
+    if sampling:
+        from wan_export.pipeline import parse_size
+
+        options = dict(steps=steps, size=parse_size(size), frames=frames, prompt=prompt, seed=seed)
+    elif any(v is not None for v in (steps, size, frames, prompt, seed)):
+        raise click.UsageError("--steps, --size, --frames, --prompt and --seed go with --sampling")
+    report = run(path, against, report_path, sampling=options)
     emit(report.to_dict(), as_json, report.to_markdown())
     report.raise_if_failed()
 

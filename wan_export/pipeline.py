@@ -279,24 +279,37 @@ def expert_for(pipe: Pipeline, s: SampleSettings, t: int) -> str:
 
 
 def generate(pipe: Pipeline, context, negative_context, settings: SampleSettings, *, image=None,
-             last_image=None, vace=None, noise=None, on_step=None, progress=None) -> torch.Tensor:
+             last_image=None, vace=None, noise=None, on_step=None, progress=None,
+             solver=None) -> torch.Tensor:
     """Sample the final latents [1, z, T_lat, h, w] (float32) of one prompt.
 
     context / negative_context: [L, 4096] embeddings (encode_prompts). image / last_image:
     [3, H, W] in [-1, 1] (I2V, FLF2V, TI2V). vace: a precomputed [1, 96, T_lat, h, w] context or
     a dict(frames=[3, F, H, W], mask=[F, H, W]); None means Wan's pure-generation context.
     on_step(index, timestep, slot, latents) runs after every step; progress(n) advances a bar.
+    solver: an object with `timesteps` and `step(velocity, latents)` replacing the settings' solver
+    (the sampling validator runs a diffusers folder's own scheduler this way).
     """
     from wan_export.sampling_loop import run_loop
 
     return run_loop(pipe, context, negative_context, settings, image=image, last_image=last_image,
-                    vace=vace, noise=noise, on_step=on_step, progress=progress)
+                    vace=vace, noise=noise, on_step=on_step, progress=progress, solver=solver)
 
 
 def decode(pipe: Pipeline, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> video [1, 3, F, H, W] in [-1, 1] through the pipeline's VAE (fp32)."""
     with torch.no_grad():
         return pipe.vae.decode(latents.to(pipe.vae.device, pipe.vae.dtype), normalize=True)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'832x480' (or '832*480', Wan's spelling) -> (width, height)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[x*X]\s*(\d+)\s*", text)
+    if not m:
+        raise BadInputError(f"size must be WxH (e.g. 832x480), got {text!r}")
+    return int(m[1]), int(m[2])
 
 
 def with_overrides(settings: SampleSettings, **kw) -> SampleSettings:

@@ -74,7 +74,7 @@ def _call(dit, latents, t, context, c: Conditioning, per_token: bool) -> torch.T
 
 
 def run_loop(pipe, context, negative_context, s, *, image=None, last_image=None, vace=None,
-             noise=None, on_step=None, progress=None) -> torch.Tensor:
+             noise=None, on_step=None, progress=None, solver=None) -> torch.Tensor:
     from wan_export.pipeline import expert_for, initial_noise, latent_shape, pad_context
 
     shape = latent_shape(pipe, s)
@@ -89,9 +89,9 @@ def run_loop(pipe, context, negative_context, s, *, image=None, last_image=None,
     per_token = c.mask is not None
     if per_token:
         latents = _hold(latents, c)
-    solver = make_solver(s.solver, s.steps, s.shift, s.grid)
+    solver = solver or make_solver(s.solver, s.steps, s.shift, s.grid)
     with torch.no_grad():
-        for i, t in enumerate(solver.timesteps.tolist()):
+        for i, t in enumerate(solver.timesteps.tolist()[: s.steps]):
             slot = expert_for(pipe, s, t)
             dit = pipe.dits[slot]
             v_cond = _call(dit, latents, t, ctx, c, per_token)

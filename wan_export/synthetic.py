@@ -50,7 +50,7 @@ def tiny_vae_config(version: str = "2.1") -> VAEConfig:
 def tiny_t5_config() -> T5Config:
     """UMT5 encoder whose vocabulary is exactly the tiny tokenizer's, 4096 wide like UMT5-XXL (the
     DiT's text_dim, so the whole text path runs) with narrow attention and FFN."""
-    return T5Config(vocab=TOKENIZER_VOCAB, dim=4096, dim_attn=64, dim_ffn=96, num_heads=4,
+    return T5Config(vocab=TOKENIZER_VOCAB, dim=4096, dim_attn=32, dim_ffn=32, num_heads=4,
                     num_layers=2, num_buckets=32)
 
 
