@@ -13,18 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-BINS_PER_OCTAVE = 8                                    # the top 3 mantissa bits
-MIN_EXP, MAX_EXP = -24, 16
-NBINS = 1 + BINS_PER_OCTAVE * (MAX_EXP - MIN_EXP)      # bin 0: exact zeros
+from wan_export.calibration.bins import BINS_PER_OCTAVE, MIN_EXP, NBINS, hist_edges  # noqa: F401
+
 HIST_ROWS = 64          # rows per call that go into the histogram (evenly spaced): its cost stays small
 _KEY0 = (127 + MIN_EXP) * BINS_PER_OCTAVE              # float32 (exponent, 3 mantissa bits) key of 2^MIN_EXP
-
-
-def hist_edges() -> list[float]:
-    """Lower edge of bins 1..NBINS-1: 2^e * (1 + j/8) for e = MIN_EXP..MAX_EXP-1, j = 0..7.
-
-    Bin 1 also takes everything below 2^MIN_EXP (but zero), the last bin everything above."""
-    return [2.0 ** e * (1 + j / BINS_PER_OCTAVE) for e in range(MIN_EXP, MAX_EXP) for j in range(BINS_PER_OCTAVE)]
 
 
 def histogram(x: torch.Tensor) -> torch.Tensor:
