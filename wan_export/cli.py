@@ -229,8 +229,10 @@ def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite,
               help="Cast every float tensor (default: keep each tensor's source dtype).")
 @click.option("--flow-shift", type=float, default=None,
               help="Scheduler shift (default: the official one of the variant; Wan uses 3.0 for I2V at 480p).")
+@quant_options(("fp8", "nvfp4"))
 @output_options
-def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
+def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json, quant, calib, act_calib, rounding,
+              exclude_blocks, tensor_types, dry_run):
     """Write a diffusers pipeline folder from SRC, loadable offline with DiffusionPipeline.
 
     SRC is an official release folder (A14B too), a diffusers folder or a DiT
@@ -243,12 +245,22 @@ def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
     Examples:
       wan-export diffusers Wan2.1-T2V-1.3B/
       wan-export diffusers Wan2.2-T2V-A14B/ --dtype bf16 -o Wan2.2-T2V-A14B-Diffusers
+      wan-export diffusers Wan2.2-T2V-A14B/ --quant fp8 --calib calib.safetensors --exclude-blocks first:3,last:3
+
+    --quant writes ModelOpt's HF export layout (weight, weight_scale, weight_scale_2,
+    input_scale; quantization_config in transformer/config.json), as NVIDIA's
+    Wan2.2-T2V-A14B-Diffusers-FP8; default output name gets -FP8 / -NVFP4.
     """
     from wan_export.converters.diffusers import convert, render_text
+    from wan_export.converters.quant_report import render_quant_text
 
+    req = quant_request(quant, "modelopt", calib, act_calib, rounding, exclude_blocks, tensor_types)
     result = convert(src, output, dtype=dtype, overwrite=overwrite, flow_shift=flow_shift,
-                     progress=progress(quiet or as_json))
-    emit(result, as_json, render_text(result))
+                     progress=progress(quiet or as_json), quant=req, dry_run=dry_run)
+    text = render_text(result) if req is None and not dry_run else "\n".join(
+        [f"{'planned' if dry_run else 'wrote'} {result['output']} ({result['class']}, {result['variant']})",
+         render_quant_text({**result, "files": []})])
+    emit(result, as_json, text)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -96,6 +96,34 @@ def check_calib(req: QuantRequest, comp, decisions: list[Decision]) -> dict[str,
     return out
 
 
+# Linears that share one input; ModelOpt's export gives them one weight amax (fused-QKV GEMMs)
+FUSED_GROUPS = (("self_attn.q", "self_attn.k", "self_attn.v"), ("cross_attn.k", "cross_attn.v"),
+                ("cross_attn.k_img", "cross_attn.v_img"))
+
+
+def _group(layer: str, quantized_fmt: dict) -> list[str]:
+    head, _, tail = layer.rpartition(".")
+    block, _, kind = head.rpartition(".")
+    for g in FUSED_GROUPS:
+        if f"{kind}.{tail}" in g:
+            names = [f"{block}.{m}" for m in g]
+            return [n for n in names if quantized_fmt.get(n) == quantized_fmt.get(layer)]
+    return [layer]
+
+
+def _group_amax(req, comp, d: Decision) -> float | None:
+    """The shared weight amax of d's fused group (ModelOpt layout), read once per group."""
+    if req.layout != "modelopt":
+        return None
+    group = _group(d.layer, req._formats)
+    if len(group) < 2:
+        return None
+    key = group[0]
+    if key not in req._amax:
+        req._amax[key] = max(float(np.abs(comp.table.read(f"{n}.weight").astype(np.float32)).max()) for n in group)
+    return req._amax[key]
+
+
 class _Layer:
     """Quantizes one layer on first read and hands out its tensors one by one."""
 
@@ -118,7 +146,7 @@ def _layer_planned(req, comp, d: Decision, stats, rename, out_name) -> list[tupl
         check_finite(arr, src_code, d.name, path)
         if stats is not None and "input_sample" in stats:
             act_scales.check_stats({"input_sample": stats["input_sample"]}, d.layer, req.calib)
-        result = quantize_layer(spec, arr, stats, req.method)
+        result = quantize_layer(spec, arr, stats, req.method, weight_amax=_group_amax(req, comp, d))
         req.records[out_name(d.layer)] = {"format": d.format, **result.record}
         return result.tensors
 
@@ -133,14 +161,16 @@ def _layer_planned(req, comp, d: Decision, stats, rename, out_name) -> list[tupl
 
 def plan_quantized(comp, req: QuantRequest, dtype: str, order: list[str], rename=lambda n: n,
                    decisions: list[Decision] | None = None) -> tuple[Part, list[Decision]]:
-    """The Part of a quantized component: kept tensors cast to `dtype`, Linears quantized."""
+    """The Part of a quantized component: kept tensors cast to `dtype` (None: as stored), Linears quantized."""
     infos = {i.name: i for i in comp.table.infos()}
     req._src_codes = {n: i.dtype for n, i in infos.items()}
+    req._amax = {}
     if decisions is None:
         decisions = resolve(req.policy, [(n, infos[n].shape) for n in order])
     stats = check_calib(req, comp, decisions) if comp.kind == "dit" else {}
     slot = expert_slot(comp.expert)
     prefix = f"{slot}." if slot else ""
+    req._formats = {d.layer: d.format for d in decisions if d.format}
     bad = sorted({d.format for d in decisions if d.format and d.format not in req.specs})
     if bad:
         raise UnsupportedError(f"{', '.join(bad)} is not available in this output's layout", comp.path)
@@ -153,7 +183,8 @@ def plan_quantized(comp, req: QuantRequest, dtype: str, order: list[str], rename
             continue
         info = infos[d.name]
         out = rename(d.name)
-        tensors.append(Planned(out, info.shape, dtype if info.dtype in FLOAT_CODES else info.dtype,
+        keep = dtype if dtype and info.dtype in FLOAT_CODES else info.dtype
+        tensors.append(Planned(out, info.shape, keep,
                                lambda n=d.name: comp.table.read(n), source_name=d.name))
         src[out] = info.dtype
     return Part(tensors, src, comp.path), decisions

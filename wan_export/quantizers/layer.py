@@ -89,9 +89,9 @@ class LayerResult:
     record: dict = field(default_factory=dict)
 
 
-def _fp8(spec: LayerSpec, w: torch.Tensor, h):
+def _fp8(spec: LayerSpec, w: torch.Tensor, h, amax=None):
     q = FP8Quantizer(FP8Config("tensor", spec.quantizer_layout))
-    scale = q.weight_scale(w)
+    scale = q.weight_scale(w) if amax is None else torch.tensor(amax, dtype=torch.float32) / 448.0
     nearest = q.quantize(w, scale)
     if h is None:
         return nearest, None
@@ -99,9 +99,9 @@ def _fp8(spec: LayerSpec, w: torch.Tensor, h):
     return nearest, q.quantize(hat, scale)
 
 
-def _nvfp4(spec: LayerSpec, w: torch.Tensor, h):
+def _nvfp4(spec: LayerSpec, w: torch.Tensor, h, amax=None):
     q = NVFP4Quantizer(NVFP4Config(spec.quantizer_layout))
-    nearest = q.quantize(w)
+    nearest = q.quantize(w, None if amax is None else torch.tensor(amax, dtype=torch.float32) / (6.0 * 448.0))
     if h is None:
         return nearest, None
     s2, s_lin = nearest.global_scale, q.linear_scales(nearest)     # scales fixed from the weight
@@ -142,14 +142,16 @@ def hessian(stats: dict | None):
 
 
 def quantize_layer(spec: LayerSpec, weight: np.ndarray, stats: dict | None,
-                   act_method=("max", None)) -> LayerResult:
-    """Quantize one Linear weight (numpy, any float dtype); stats: its CALIB entry or None."""
-    w = to_torch(np.asarray(weight)).float()
+                   act_method=("max", None), weight_amax: float | None = None) -> LayerResult:
+    """Quantize one Linear weight (numpy, any float dtype); stats: its CALIB entry or None.
+
+    weight_amax: a shared amax for the weight scale (ModelOpt unifies q/k/v that share an input)."""
+    w = to_torch(np.array(weight)).float()
     h = hessian(stats) if spec.rounding == "gptq" else None
     if spec.fmt == "mxfp8":
         nearest, candidate = MXFP8Quantizer().quantize(w), None
     else:
-        nearest, candidate = (_fp8 if spec.fmt == "fp8" else _nvfp4)(spec, w, h)
+        nearest, candidate = (_fp8 if spec.fmt == "fp8" else _nvfp4)(spec, w, h, weight_amax)
     chosen, record = nearest, {"rounding": "nearest"}
     if spec.rounding == "gptq":
         if candidate is None:
