@@ -130,23 +130,39 @@ def fits(fmt: str, shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and shape[1] % BLOCK_SIZES[fmt] == 0
 
 
+def _protected(name: str, shape: tuple[int, ...]) -> Rule | None:
+    default = next(r for r in RULES if r.matches(name, shape))
+    return default if default.id in PROTECTED or len(shape) != 2 else None
+
+
 def _decide(policy: QuantPolicy, rules, name: str, shape: tuple[int, ...]) -> Decision:
-    rule = next(r for r in rules if r.matches(name, shape))
+    """First matching rule; an override never applies to a tensor with no Linear behind it."""
+    protected = _protected(name, shape)
+    rule = next(r for r in rules if r.matches(name, shape) and not (r.id.startswith("user:") and protected))
     fmt = policy.quant if rule.target == "quant" else (None if rule.target in ("keep", KEEP) else rule.target)
-    if fmt and rule.id.startswith("user:"):
-        default = next(r for r in RULES if r.matches(name, shape))
-        if default.id in PROTECTED or len(shape) != 2:
-            raise UnsupportedError(f"--tensor-type gives {name} {fmt}, which it cannot take: {default.why}")
     if fmt and not fits(fmt, shape):
         why = f"in_features {shape[1]} is not a multiple of the {fmt} block ({BLOCK_SIZES[fmt]}): {FALLBACK}"
         return Decision(name, shape, FALLBACK, FALLBACK_RULE, why, wanted=fmt)
     return Decision(name, shape, fmt, rule.id, rule.why)
 
 
+def _check_overrides(policy: QuantPolicy, tensors) -> None:
+    """An override that quantizes only tensors without a Linear (norms, the Conv3d, biases) is refused."""
+    for regex, fmt in policy.overrides:
+        if fmt == KEEP:
+            continue
+        hits = [(n, _protected(n, s)) for n, s in tensors if re.search(regex, n)]
+        if hits and all(p is not None for _, p in hits):
+            name, why = hits[0][0], hits[0][1].why
+            raise UnsupportedError(f"--tensor-type {regex}={fmt}: {name} cannot take {fmt} ({why})")
+
+
 def resolve(policy: QuantPolicy, tensors: list[tuple[str, tuple[int, ...]]]) -> list[Decision]:
     """One Decision per weight tensor (every tensor of the DiT), in the given order."""
+    tensors = [(n, tuple(s)) for n, s in tensors]
+    _check_overrides(policy, tensors)
     rules = policy.rules(count_blocks(n for n, _ in tensors))
-    return [_decide(policy, rules, name, tuple(shape)) for name, shape in tensors]
+    return [_decide(policy, rules, name, shape) for name, shape in tensors]
 
 
 def quantized(decisions: list[Decision]) -> list[Decision]:

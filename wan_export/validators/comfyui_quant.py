@@ -123,8 +123,7 @@ def validate_quantized(sf, rel, path: str, against: str, prefix: str | None = No
     if prefix is None:
         prefix = unet_prefix(keys)
         prefix = prefix if any(k.startswith(prefix) for k in keys) else ""
-    table = _table(sf, "")
-    entries = dict(table.entries)
+    entries = {n: e for n, e in _table(sf, "").entries.items() if n.startswith(prefix)}
     notes = convert_old_quants(entries, prefix)
     stored = {n: e[0].shape for n, e in entries.items() if e[0] is not None}
     plain = {n.removeprefix(prefix): s for n, s in stored.items() if n.startswith(prefix)}

@@ -19,7 +19,8 @@ from wan_export.quantizers.lowbit import E2M1_MAX, E4M3_MAX
 from wan_export.quantizers.mxfp8 import MXFP8Quantizer
 from wan_export.quantizers.nvfp4 import NVFP4Quantizer
 from wan_export.validators.metrics import compare
-from wan_export.validators.parity import DIT_CASES, dit_inputs, dit_outputs
+from wan_export.validators import parity
+from wan_export.validators.parity import dit_inputs
 from wan_export.validators.report import Tolerance
 
 # DiT output bounds on the tiny synthetic models (every variant, calibrated and not), per level;
@@ -32,6 +33,9 @@ TOLERANCE = {
     ("nvfp4", "weight"): Tolerance(max_rel_l2=0.25, min_cosine=0.97),
     ("nvfp4", "emulated"): Tolerance(max_rel_l2=0.35, min_cosine=0.94),
 }
+# UMT5 output with per-tensor fp8 Linears: the tiny random 2-block T5 turns a 2.7 % weight error into
+# up to 0.20 output rel-L2 (measured), more than a 16-bit cast; real UMT5-XXL fp8 is Comfy-Org's default
+TE_FP8_TOLERANCE = Tolerance(max_rel_l2=0.3, min_cosine=0.97)
 ORDER = ("fp8", "mxfp8", "nvfp4")       # loosest format present sets the bound
 
 
@@ -80,8 +84,8 @@ def level_tolerance(formats, level: str) -> tuple[Tolerance, str]:
     return tol, f"{fmt} {level}: {tol.describe()}"
 
 
-def _reference_inputs(ref_weights, cfg, names) -> dict:
-    """Each quantized Linear's input in the reference model on case 0."""
+def reference_run(ref_weights, cfg, names) -> tuple[list, dict]:
+    """Reference outputs on every case, and each quantized Linear's input on case 0 (one pass)."""
     from wan_export.model.dit import load_dit
 
     model = load_dit(ref_weights, cfg)
@@ -89,14 +93,13 @@ def _reference_inputs(ref_weights, cfg, names) -> dict:
     hs = [mods[n].register_forward_pre_hook(lambda _m, a, n=n: seen.setdefault(n, a[0].detach().clone()))
           for n in names]
     with torch.no_grad():
-        model(**dit_inputs(cfg, DIT_CASES[0], seed=0))
+        outs = [model(**dit_inputs(cfg, c, seed=i)) for i, c in enumerate(parity.DIT_CASES)]
     for h in hs:
         h.remove()
-    return seen
+    return outs, seen
 
 
-def layer_rows(ref_weights, art_weights, cfg, layers: dict, emu: Emulation) -> list[dict]:
-    inputs = _reference_inputs(ref_weights, cfg, list(layers))
+def layer_rows(ref_weights, art_weights, inputs: dict, layers: dict, emu: Emulation) -> list[dict]:
     rows = []
     for name, (fmt, scale) in layers.items():
         x, w, wq = inputs[name], ref_weights[f"{name}.weight"].float(), art_weights[f"{name}.weight"].float()
@@ -115,20 +118,20 @@ def check_levels(report, ref_weights, art_weights, cfg, layers: dict, label: str
     from wan_export.model.dit import load_dit
 
     formats = {f for f, _ in layers.values()}
-    ref_out = dit_outputs(ref_weights, cfg)
+    ref_out, inputs = reference_run(ref_weights, cfg, list(layers))
     tol_w, how_w = level_tolerance(formats, "weight")
     tol_e, how_e = level_tolerance(formats, "emulated")
     report.info[f"{label} tolerance weight-only"] = how_w
     report.info[f"{label} tolerance emulated"] = how_e
     model = load_dit(art_weights, cfg)
     with torch.no_grad():
-        outs = [model(**dit_inputs(cfg, c, seed=i)) for i, c in enumerate(DIT_CASES)]
-        for case, r, a in zip(DIT_CASES, ref_out, outs):
+        outs = [model(**dit_inputs(cfg, c, seed=i)) for i, c in enumerate(parity.DIT_CASES)]
+        for case, r, a in zip(parity.DIT_CASES, ref_out, outs):
             report.add(f"{label} weight-only output {case.label}", compare(r, a), tol_w,
                        "dequantized weights, fp32 activations")
         emu = Emulation(model, layers)
         kind = "W4A4" if formats == {"nvfp4"} else "W8A8" if formats <= {"fp8", "mxfp8"} else "mixed"
-        for i, (case, r) in enumerate(zip(DIT_CASES, ref_out)):
+        for i, (case, r) in enumerate(zip(parity.DIT_CASES, ref_out)):
             a = model(**dit_inputs(cfg, case, seed=i))
             report.add(f"{label} emulated {kind} output {case.label}", compare(r, a), tol_e,
                        "activations quantized with the file's input_scale")
@@ -139,7 +142,7 @@ def check_levels(report, ref_weights, art_weights, cfg, layers: dict, label: str
     rates = [emu.rate(n) for n in layers]
     report.info[f"{label} activation clip rate"] = (f"max {max(rates, default=0):.2e}, "
                                                     f"mean {sum(rates) / max(len(rates), 1):.2e}")
-    report.tables[f"{label} per-layer error (worst first)"] = layer_rows(ref_weights, art_weights, cfg, layers, emu)
+    report.tables[f"{label} per-layer error (worst first)"] = layer_rows(ref_weights, art_weights, inputs, layers, emu)
 
 
 def check_quantized_dit(report, src, entries: dict, prefix: str, layers: dict, cfg, dequantize=None,
