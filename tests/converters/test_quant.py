@@ -197,18 +197,25 @@ def _copy_calib(src: str, dst: str, edit) -> str:
 
 
 def _nan_release(rel: str, dst) -> str:
+    """A copy of the release with one NaN in a block Linear weight."""
     shutil.copytree(rel, dst)
-    path = next(os.path.join(dst, n) for n in sorted(os.listdir(dst)) if n.startswith("diffusion_pytorch_model-0"))
-    sf = SafetensorsFile(path)
-    tensors = {i.name: np.array(sf.read(i.name)) for i in sf.infos()}
-    name = next(n for n in tensors if n.endswith("ffn.0.weight"))
-    tensors[name].reshape(-1)[3] = np.nan
-    infos = [TensorInfo(i.name, i.shape, i.dtype) for i in sf.infos()]
-    sf.close()
-    with SafetensorsWriter(path, infos, dict(sf.metadata)) as w:
-        for n, a in tensors.items():
-            w.write(n, a)
-    return str(dst)
+    for n in sorted(os.listdir(dst)):
+        if not (n.startswith("diffusion_pytorch_model-") and n.endswith(".safetensors")):
+            continue
+        path = os.path.join(dst, n)
+        sf = SafetensorsFile(path)
+        tensors = {i.name: np.array(sf.read(i.name)) for i in sf.infos()}
+        name = next((k for k in tensors if k.endswith("ffn.0.weight")), None)
+        if name is None:
+            continue
+        tensors[name].reshape(-1)[3] = np.nan
+        infos, meta = [TensorInfo(i.name, i.shape, i.dtype) for i in sf.infos()], dict(sf.metadata)
+        sf.close()
+        with SafetensorsWriter(path, infos, meta) as w:
+            for k, a in tensors.items():
+                w.write(k, a)
+        return str(dst)
+    raise AssertionError("no ffn.0.weight in the release")
 
 
 def bad_cases(tiny_release, calib_for, tmp_path):
@@ -226,7 +233,7 @@ def bad_cases(tiny_release, calib_for, tmp_path):
         "norm override": (["comfyui", rel, "--quant", "fp8", "--tensor-type", "norm3=fp8"], "cannot take fp8 (norm weight"),
         "conv override": (["diffusers", rel, "--quant", "fp8", "--tensor-type", "patch_embedding=fp8"], "Conv3d"),
         "nvfp4 legacy": (["comfyui", rel, "--quant", "fp8-legacy", "--tensor-type", "ffn=nvfp4"], "float8_e4m3fn"),
-        "mxfp8 modelopt": (["diffusers", rel, "--quant", "mxfp8"], "unknown --quant 'mxfp8'"),
+        "mxfp8 modelopt": (["diffusers", rel, "--quant", "mxfp8"], "--quant mxfp8 is not available"),
         "nan weight": (["comfyui", _nan_release(rel, tmp_path / "nanrel"), "--quant", "fp8"], "NaN/Inf"),
     }
 
