@@ -97,7 +97,9 @@ def quant_request(quant, layout, calib, act_calib, rounding, exclude_blocks, ten
 def emit(result: dict, as_json: bool, text: str | None = None) -> None:
     """Print a command's result: JSON on stdout with --json, else the text form."""
     if as_json:
-        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        from wan_export.validators.report import json_default
+
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=json_default))
     elif text:
         click.echo(text)
 
@@ -149,21 +151,39 @@ def inspect(path, no_scan, as_json, quiet):
 @click.option("--against", required=True, help="The source checkpoint (file or release folder).")
 @click.option("--report", "report_path", type=click.Path(), default=None,
               help="Write the report here (.json for JSON, anything else for Markdown).")
+@click.option("--sampling", is_flag=True,
+              help="Also sample a short video through the artifact and the reference from the same noise.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampling steps (default 10).")
+@click.option("--size", default=None, metavar="WxH", help="Sampling size (default: twice the size multiple).")
+@click.option("--frames", type=int, default=None, help="Sampled frames, 4k+1 (default 5).")
+@click.option("--prompt", default=None, help="Prompt for --sampling (default: a fixed test prompt).")
+@click.option("--seed", type=int, default=None, help="Seed of the initial noise (default 0).")
 @json_option
-def validate(path, against, report_path, as_json):
+def validate(path, against, report_path, sampling, steps, size, frames, prompt, seed, as_json):
     """Load artifact PATH through its real consumer and compare against SRC.
 
     Runs the reference model on both weight sets with fixed inputs and checks
     the outputs against per-format, per-dtype tolerances stated in the report.
+    With --sampling it also runs the official sampler (UniPC, CFG, expert
+    switch; a diffusers folder with its own scheduler config) through both and
+    reports per-step latent rel-L2 and the decoded video's PSNR.
     Exit code 0: parity holds; 1: parity failed; 2: bad input.
 
     \b
     Example:
       wan-export validate wan2.1_t2v_1.3B_bf16.safetensors --against Wan2.1-T2V-1.3B/ --report parity.md
+      wan-export validate Wan2.1-T2V-1.3B-Diffusers/ --against Wan2.1-T2V-1.3B/ --sampling --steps 10 --size 64x64
     """
     from wan_export.validators.validate import validate as run
 
-    report = run(path, against, report_path)
+    options = None
+    if sampling:
+        from wan_export.pipeline import parse_size
+
+        options = dict(steps=steps, size=parse_size(size), frames=frames, prompt=prompt, seed=seed)
+    elif any(v is not None for v in (steps, size, frames, prompt, seed)):
+        raise click.UsageError("--steps, --size, --frames, --prompt and --seed go with --sampling")
+    report = run(path, against, report_path, sampling=options)
     emit(report.to_dict(), as_json, report.to_markdown())
     report.raise_if_failed()
 
@@ -361,6 +381,110 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
     result = export_onnx(src, output, component=component, dtype=dtype, opset=opset, exporter=exporter,
                          overwrite=overwrite, progress=progress(quiet or as_json))
     emit(result, as_json, render_text(result))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("-o", "--output", default="calib.safetensors", show_default=True, type=click.Path(),
+              help="The CALIB .safetensors file to write.")
+@click.option("--prompts", "prompts", default=None, metavar="FILE",
+              help="Prompts: .txt (one per line), .jsonl ({\"prompt\": ...}) or .csv (prompt/caption column); "
+                   "default: the built-in set of 72.")
+@click.option("--num-prompts", type=int, default=None, help="Use the first N prompts.")
+@click.option("--context", default=None, metavar="FILE",
+              help="Precomputed embeddings instead of prompts: .safetensors with prompt_embeds [N, L, 4096] "
+                   "(+ negative_prompt_embeds [L, 4096]); needs no UMT5.")
+@click.option("--steps", type=int, default=None, help="Denoising steps (default: the variant's official count).")
+@click.option("--size", default=None, metavar="WxH", help="Video size in pixels (default: the official one).")
+@click.option("--frames", type=int, default=None, help="Video frames, 4k+1 (default: official).")
+@click.option("--guidance", type=float, default=None, help="CFG scale (default: official; A14B: per expert).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed of prompt i is SEED + i.")
+@click.option("--image", default=None, metavar="FILE", help="First frame (I2V, FLF2V, TI2V).")
+@click.option("--last-image", default=None, metavar="FILE", help="Last frame (FLF2V).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Under torchrun with cuda, rank r uses GPU LOCAL_RANK.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Compute dtype of the reference models.")
+@click.option("--save-activations", type=int, default=0, show_default=True, metavar="N",
+              help="Also keep N input rows per layer (for SVDQuant smoothing and GPTQ).")
+@click.option("--imatrix-gguf", default=None, metavar="FILE",
+              help="Also write llama.cpp's imatrix GGUF (in_sum2/counts) for sd.cpp and llama.cpp tools.")
+@click.option("--no-attention", is_flag=True, help="Skip the attention (q/k/v/softmax) amax.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@json_option
+def calibrate(src, output, prompts, num_prompts, context, steps, size, frames, guidance, seed, image, last_image,
+              device, dtype, save_activations, imatrix_gguf, no_attention, overwrite, quiet, as_json):
+    """Record activation statistics of SRC's DiT over the official sampling trajectory.
+
+    Runs prompts -> UMT5 -> the DiT(s) with the official sampler, CFG and (A14B)
+    expert switch, and writes per-Linear input amax (tensor and channel), sum of
+    squares + count (the importance matrix), a |x| histogram and attention amax
+    under stock names: the CALIB file that gguf --imatrix, the FP8/NVFP4 writers,
+    svdquant and trt read. On several processes: torchrun --nproc-per-node N -m
+    wan_export calibrate ... (same bytes as one process).
+
+    \b
+    Examples:
+      wan-export calibrate Wan2.1-T2V-1.3B/ -o calib.safetensors --num-prompts 16 --steps 20 --size 480x272
+      torchrun --nproc-per-node 2 -m wan_export calibrate Wan2.2-T2V-A14B/ --device cuda -o calib.safetensors
+    """
+    from wan_export.calibration.run import calibrate as run, render_text
+
+    result = run(src, output, prompts=prompts, num_prompts=num_prompts, context=context, steps=steps, size=size,
+                 frames=frames, guidance=guidance, seed=seed, image=image, last_image=last_image, device=device,
+                 dtype=dtype, save_activations=save_activations, imatrix_gguf=imatrix_gguf,
+                 attention=not no_attention, overwrite=overwrite, progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src", required=False)
+@click.option("--variant", default=None, help="A released variant instead of SRC (e.g. wan2.1-t2v-14b).")
+@click.option("--size", default=None, metavar="WxH", help="Video size (default: the largest trained size).")
+@click.option("--frames", type=int, default=None, help="Frames, 4k+1 (default: 81; TI2V-5B 121).")
+@click.option("--steps", type=int, default=None, help="Denoising steps (default: the official count).")
+@click.option("--cfg/--no-cfg", default=True, show_default=True,
+              help="Classifier-free guidance: two DiT forwards per step and a negative prompt.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Videos generated together.")
+@click.option("--format", "fmt", cls=TableHelpOption, table="wan_export.cost.formats:NATIVE", default="bf16",
+              show_default=True, metavar="NAME",
+              help_text="DiT weight format: {} or any GGUF type (Q8_0, Q4_K_M, ...).")
+@click.option("--shift", type=float, default=None, help="Flow shift (default: official; sets the A14B split).")
+@click.option("--gpu", cls=TableHelpOption, table="wan_export.cost.gpus:GPUS", default=None, metavar="NAME",
+              help_text="GPU: {} (default H100).")
+@click.option("--peak-tflops", type=float, default=None, help="A custom GPU: dense tensor peak, TFLOPS.")
+@click.option("--bandwidth", type=float, default=None, help="A custom GPU: memory bandwidth, GB/s.")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs sharing the DiT.")
+@click.option("--parallel", cls=TableHelpOption, table="wan_export.cost.roofline:PARALLEL_MODES",
+              default="sequence", show_default=True, metavar="MODE",
+              help_text="Multi-GPU DiT: {} (sequence = Ulysses; cfg splits the CFG branches).")
+@click.option("--plot", default=None, metavar="FILE.svg", help="Also draw the stage breakdown by size and frames.")
+@json_option
+def cost(src, variant, size, frames, steps, cfg, batch, fmt, shift, gpu, peak_tflops, bandwidth, gpus, parallel,
+         plot, as_json):
+    """Estimate FLOPs, memory and time of a Wan generation, stage by stage.
+
+    SRC is any input inspect takes (only shapes are read), or give --variant.
+    Stages: UMT5 (prompt + negative prompt), CLIP and VAE encode (I2V/FLF2V/
+    TI2V/VACE), the DiT x steps x CFG (A14B split at the boundary), VAE decode.
+    FLOPs by op class (GEMM + attention + conv as FlopCounterMode counts them),
+    weight bytes in --format, activations and VAE feat_cache, and a roofline
+    time on --gpu with the efficiency factors it prints.
+
+    \b
+    Examples:
+      wan-export cost --variant wan2.1-t2v-14b --size 1280x720 --frames 81 --gpu H100
+      wan-export cost Wan2.2-T2V-A14B/ --format Q4_K_M --gpu "RTX 4090" --json
+      wan-export cost --variant wan2.1-t2v-14b --gpus 8 --parallel ring --plot cost.svg
+    """
+    from wan_export.cost import run_cost
+    from wan_export.cost.render import render_text
+
+    report = run_cost(src, variant, size=size, frames=frames, steps=steps, cfg=cfg, batch=batch, fmt=fmt,
+                      gpu=gpu, peak_tflops=peak_tflops, bandwidth=bandwidth, gpus=gpus, parallel=parallel,
+                      shift=shift, plot=plot)
+    emit(report, as_json, render_text(report))
 
 
 # -- commands above --

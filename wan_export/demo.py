@@ -24,6 +24,7 @@ SUMMARY_FILE = "demo.json"      # also marks a folder that --overwrite may repla
 STEPS: tuple[tuple[str, str, dict], ...] = (
     ("release", "wan_export.synthetic:write_release", {"folder": "{src}", "variant": "{variant}"}),
     ("inspect", "wan_export.inspect:inspect_path", {"path": "{src}"}),
+    ("calibrate", "wan_export.demo:calibrate_demo", {"src": "{src}", "output": "{out}/calib.safetensors"}),
     ("comfyui-bf16", "wan_export.converters.comfyui:convert",
      {"src": "{src}", "output": "{out}/comfyui/wan_dit_bf16.safetensors", "dtype": "bf16", "component": "dit"}),
     ("validate-comfyui", "wan_export.validators.validate:validate",
@@ -40,6 +41,23 @@ STEPS: tuple[tuple[str, str, dict], ...] = (
      {"src": "{src}", "output": "{out}/onnx", "component": "dit"}),
     ("validate-onnx", "wan_export.validators.validate:validate", {"path": "{out}/onnx", "against": "{src}"}),
 )
+
+
+def calibrate_demo(src: str, output: str) -> dict:
+    """The demo's CALIB: 2 prompts x 4 steps at 64x64, 5 frames, 64 sampled rows per layer.
+
+    Image-conditioned variants get a synthetic first (and last) frame written beside it."""
+    from wan_export.calibration.run import calibrate
+    from wan_export.release import open_input
+    from wan_export.synthetic import write_image
+
+    mt = next(iter(open_input(src).dits.values())).config.model_type
+    images = {}
+    if mt in ("i2v", "flf2v"):
+        images["image"] = write_image(os.path.join(os.path.dirname(output), "first_frame.png"), 64, 64, seed=1)
+    if mt == "flf2v":
+        images["last_image"] = write_image(os.path.join(os.path.dirname(output), "last_frame.png"), 64, 64, seed=2)
+    return calibrate(src, output, num_prompts=2, steps=4, size="64x64", frames=5, save_activations=64, **images)
 
 
 def run_demo(output: str, variant: str = DEFAULT_VARIANT, *, overwrite: bool = False,

@@ -72,9 +72,21 @@ def artifact_format(path: str) -> tuple[str, str]:
                         path)
 
 
-def validate(path: str, against: str, report_path: str | None = None, **options) -> Report:
-    """Validate an artifact against its source; write the report; return it (never raises on parity)."""
+# formats whose DiT weights read back as stock tensors, so `--sampling` can sample through them
+SAMPLING_FORMATS = ("gguf", "diffusers", "comfyui")
+
+
+def validate(path: str, against: str, report_path: str | None = None, sampling: dict | None = None,
+             **options) -> Report:
+    """Validate an artifact against its source; write the report; return it (never raises on parity).
+
+    sampling: None, or the options of validators.sampling.validate_sampling (steps, size, frames,
+    prompt, seed) to add sampling parity to the report.
+    """
     fmt, impl = artifact_format(path)
+    if sampling is not None and fmt not in SAMPLING_FORMATS:
+        raise UnsupportedError(f"--sampling needs DiT weights that read back ({', '.join(SAMPLING_FORMATS)}); "
+                               f"{fmt} artifacts are not supported", path)
     if not os.path.exists(against):
         raise BadInputError("no such file or directory", against)
     module, fn = impl.split(":")
@@ -83,6 +95,10 @@ def validate(path: str, against: str, report_path: str | None = None, **options)
     except (ImportError, AttributeError):
         raise UnsupportedError(f"no validator for {fmt} artifacts yet", path) from None
     report = validator(path, against, **options)
+    if sampling is not None:
+        from wan_export.validators.sampling import validate_sampling
+
+        validate_sampling(path, against, report, **sampling)
     if report_path:
         report.write(report_path)
     return report
