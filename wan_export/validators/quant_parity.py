@@ -90,8 +90,14 @@ def reference_run(ref_weights, cfg, names) -> tuple[list, dict]:
 
     model = load_dit(ref_weights, cfg)
     seen, mods = {}, dict(model.named_modules())
-    hs = [mods[n].register_forward_pre_hook(lambda _m, a, n=n: seen.setdefault(n, a[0].detach().clone()))
-          for n in names]
+
+    def keep(name):
+        def hook(_m, args):           # returns None: the input is recorded, never replaced
+            if name not in seen:
+                seen[name] = args[0].detach().clone()
+        return hook
+
+    hs = [mods[n].register_forward_pre_hook(keep(n)) for n in names]
     with torch.no_grad():
         outs = [model(**dit_inputs(cfg, c, seed=i)) for i, c in enumerate(parity.DIT_CASES)]
     for h in hs:
