@@ -41,6 +41,11 @@ def _is_diffusers(p: str) -> bool:
     return False
 
 
+def _is_modelopt(p: str) -> bool:
+    from wan_export.validators.modelopt import is_modelopt
+    return is_modelopt(p)
+
+
 def _is_safetensors(p: str) -> bool:
     return p.endswith(".safetensors")
 
@@ -50,6 +55,8 @@ ARTIFACTS = (
     ("gguf", _is_gguf, "wan_export.validators.gguf:validate_gguf"),
     ("trt", _is_trt, "wan_export.validators.trt:validate_trt"),
     ("onnx", _is_onnx, "wan_export.validators.onnx:validate_onnx"),
+    ("diffusers-modelopt", lambda p: _is_diffusers(p) and _is_modelopt(p),
+     "wan_export.validators.modelopt:validate_modelopt"),
     ("diffusers", _is_diffusers, "wan_export.validators.diffusers_loader:validate_diffusers"),
     ("comfyui", _is_safetensors, "wan_export.validators.comfyui:validate_comfyui"),
 )
