@@ -22,7 +22,6 @@ import numpy as np
 from wan_export.errors import BadInputError
 
 DIVISOR = {"fp8": 448.0, "nvfp4": 6.0 * 448.0}
-_BINS_PER_OCTAVE, _MIN_EXP = 8, -24
 _POINTS = 8
 _MSE_RANGE_OCTAVES = 10
 
@@ -42,12 +41,14 @@ def parse_method(text: str) -> tuple[str, float | None]:
     raise BadInputError(f"--act-calib {text!r}: expected max, mse or percentile:P with 0 < P <= 100")
 
 
-def bin_edges(nbins: int) -> np.ndarray:
-    """[nbins + 1] edges: bin 0 = exact zeros ([0, 0]); bin k >= 1 covers [2^((k-1)/8 - 24), 2^(k/8 - 24))."""
-    k = np.arange(nbins, dtype=np.float64)
-    lower = np.concatenate([[0.0], 2.0 ** ((k[1:] - 1) / _BINS_PER_OCTAVE + _MIN_EXP)])
-    upper = np.concatenate([[0.0], 2.0 ** (k[1:] / _BINS_PER_OCTAVE + _MIN_EXP)])
-    return lower, upper
+def bin_edges(nbins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) [nbins] of the CALIB histogram bins (calibration/bins.py); bin 0 = exact zeros."""
+    from wan_export.calibration.bins import NBINS, bin_bounds
+
+    if nbins != NBINS:
+        raise BadInputError(f"input_hist has {nbins} bins, a wan-export CALIB histogram has {NBINS}")
+    lower, upper = bin_bounds()
+    return np.array(lower), np.array(upper)
 
 
 def percentile_clip(hist: np.ndarray, amax: float, p: float) -> float:
