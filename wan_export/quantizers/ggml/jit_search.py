@@ -23,6 +23,7 @@ _MAGIC = F32(12582912.0)
 _EPS = F32(1e-15)              # GROUP_MAX_EPS
 _P1 = F32(0.1)
 _TWO_M24 = F32(2.0 ** -24)
+_LIMIT = F32(4194303.0)
 
 
 @intrinsic
@@ -47,10 +48,27 @@ def bits_f32(typingctx, i):
     return types.float32(types.int32), codegen
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def nearest_int(f):
     """C `nearest_int`: f + 12582912.f, then the low 23 bits minus 0x400000 (half-to-even)."""
     return (f32_bits(f + _MAGIC) & 0x7FFFFF) - 0x400000
+
+
+@njit(inline="always", **JIT)
+def rint(v):
+    """nearest_int(v) as float32 for |v| <= 4194303: add and remove 1.5 * 2**23 (half-to-even)."""
+    return (v + _MAGIC) - _MAGIC
+
+
+@njit(inline="always", **JIT)
+def clamp(v, lo, hi):
+    return lo if v < lo else (hi if v > hi else v)
+
+
+@njit(inline="always", **JIT)
+def in_range(a, b):
+    """Whether nearest_int equals rint for every value between a and b (|v| <= 4194303, no NaN)."""
+    return abs(a) <= _LIMIT and abs(b) <= _LIMIT
 
 
 @njit(**JIT)
@@ -198,18 +216,37 @@ def make_q3(x, nmax, L):
     return sumlx / suml2 if suml2 > 0 else F0
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _qkx_error(x, w, L, scale, mn, use_mad):
     err = F0
     for i in range(x.size):
-        diff = scale * F32(L[i]) + mn - x[i]
+        diff = scale * L[i] + mn - x[i]
         err += w[i] * (abs(diff) if use_mad else diff * diff)
     return err
 
 
+@njit(inline="always", **JIT)
+def _qkx_levels(x, nmax, iscale, mn, xmin, xmax, L):
+    """L[i] = clamp(nearest_int(iscale*(x[i] - mn)), 0, nmax) as float32.
+
+    v is monotone in x, so its extremes are at xmin and xmax: when both are in
+    nearest_int's exact range the float rounding is used, else C's bit trick.
+    """
+    fnmax = F32(nmax)
+    if in_range(iscale * (xmin - mn), iscale * (xmax - mn)):
+        for i in range(x.size):
+            L[i] = clamp(rint(iscale * (x[i] - mn)), F0, fnmax)
+    else:
+        for i in range(x.size):
+            L[i] = F32(max(0, min(nmax, nearest_int(iscale * (x[i] - mn)))))
+
+
 @njit(**JIT)
 def make_qkx(x, w, nmax, rmin, rdelta, nstep, use_mad, flat_le, L, Laux):
-    """make_qkx2_quants (flat_le False) / make_qkx3_quants (True, weights given) -> (scale, the_min)."""
+    """make_qkx2_quants (flat_le False) / make_qkx3_quants (True, weights given) -> (scale, the_min).
+
+    L and Laux are float32 scratch of x.size; L receives the levels.
+    """
     n = x.size
     mn = x[0]
     mx = x[0]
@@ -222,6 +259,7 @@ def make_qkx(x, w, nmax, rmin, rdelta, nstep, use_mad, flat_le, L, Laux):
             mx = x[i]
         sum_w += w[i]
         sum_x += w[i] * x[i]
+    xmin = mn
     if mn > 0:
         mn = F0
     if (mx <= mn) if flat_le else (mx == mn):
@@ -230,18 +268,16 @@ def make_qkx(x, w, nmax, rmin, rdelta, nstep, use_mad, flat_le, L, Laux):
     fnmax = F32(nmax)
     iscale = fnmax / (mx - mn)
     scale = F1 / iscale
-    for i in range(n):
-        L[i] = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
+    _qkx_levels(x, nmax, iscale, mn, xmin, mx, L)
     best = _qkx_error(x, w, L, scale, mn, use_mad)
     for step in range(nstep + 1 if nstep >= 1 else 0):
         iscale = (rmin + rdelta * F32(step) + fnmax) / (mx - mn)
+        _qkx_levels(x, nmax, iscale, mn, xmin, mx, Laux)
         sum_l = F0
         sum_l2 = F0
         sum_xl = F0
         for i in range(n):
-            l = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
-            Laux[i] = l
-            fl = F32(l)
+            fl = Laux[i]
             sum_l += w[i] * fl
             sum_l2 += w[i] * fl * fl
             sum_xl += w[i] * fl * x[i]

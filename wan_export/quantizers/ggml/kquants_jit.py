@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .jit_search import JIT, F0, F32, make_q3, make_qkx, make_qp, make_qx, nearest_int, put_fp16
+from .jit_lanes import q3_lanes, qx_lanes
+from .jit_search import JIT, F0, F32, make_qkx, make_qp, make_qx, nearest_int, put_fp16
 
 QK_K = 256
 _F2, _F15, _F32_, _F63, _F256 = F32(2), F32(15), F32(32), F32(63), F32(256)
@@ -25,16 +26,6 @@ def _sigma2(x, factor):
     for j in range(QK_K):
         s += x[j] * x[j]
     return factor * s / _F256
-
-
-@njit(**JIT)
-def _imatrix_weights(x, qw, sigma2, w):
-    """w = qw*sqrtf(sigma2 + x²); returns their sequential sum (C's sw[j])."""
-    s = F0
-    for l in range(x.size):
-        w[l] = qw[l] * np.sqrt(sigma2 + x[l] * x[l])
-        s += w[l]
-    return s
 
 
 @njit(**JIT)
@@ -52,6 +43,53 @@ def _pack_2bit(L, y, at):
         for l in range(32):
             y[at + j // 4 + l] = (L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4)
                                   | (L[j + l + 96] << 6)) & 0xFF
+
+
+@njit(**JIT)
+def _to_lanes(x, X):
+    """Super-block x[256] -> element-major sub-blocks X[n, K] (X[i, k] = x[n*k + i])."""
+    n, K = X.shape
+    for k in range(K):
+        for i in range(n):
+            X[i, k] = x[n * k + i]
+
+
+@njit(**JIT)
+def _from_lanes(Lt, L):
+    """Float32 levels Lt[n, K] back to int levels L[256] in super-block order."""
+    n, K = Lt.shape
+    for k in range(K):
+        for i in range(n):
+            L[n * k + i] = np.int32(Lt[i, k])
+
+
+@njit(**JIT)
+def _imatrix_lanes(X, qw, sigma2, W, sw):
+    """W = qw*sqrtf(sigma2 + x²) per element; sw[k] = their sequential sum per sub-block."""
+    n, K = X.shape
+    sw[:] = 0
+    for i in range(n):
+        for k in range(K):
+            W[i, k] = qw[n * k + i] * np.sqrt(sigma2 + X[i, k] * X[i, k])
+            sw[k] += W[i, k]
+
+
+@njit(**JIT)
+def _products(X, W, WX, square):
+    """WX = W*X, after W = X*X when `square` (C's rmse_type 1 / make_q3_quants weights)."""
+    n, K = X.shape
+    for i in range(n):
+        for k in range(K):
+            if square:
+                W[i, k] = X[i, k] * X[i, k]
+            WX[i, k] = W[i, k] * X[i, k]
+
+
+@njit(**JIT)
+def _lane_buffers(n, K):
+    """X, W, WX, Lt, Laux [n, K] float32; S [16, K] float32 scratch; flags [K] bool."""
+    return (np.empty((n, K), F32), np.empty((n, K), F32), np.empty((n, K), F32),
+            np.empty((n, K), F32), np.empty((n, K), F32), np.empty((16, K), F32), np.empty(K, np.bool_))
 
 
 # ---------------------------------------------------------------- Q2_K
@@ -83,36 +121,46 @@ def _q2k_scales(scales, mins, y):
 
 
 @njit(**JIT)
+def _weights_imatrix(x, qw, sigma2, w, sw, n):
+    """w = qw*sqrtf(sigma2 + x²) per element; sw[j] = their sequential sum per sub-block of n."""
+    for j in range(x.size // n):
+        s = F0
+        for i in range(n * j, n * j + n):
+            w[i] = qw[i] * np.sqrt(sigma2 + x[i] * x[i])
+            s += w[i]
+        sw[j] = s
+
+
+@njit(**JIT)
 def _q2k(xs, qws, out):
-    L = np.empty(QK_K, np.int32)
-    Laux = np.empty(16, np.int32)
-    w = np.empty(16, F32)
+    L, Laux, w = np.empty(QK_K, F32), np.empty(16, F32), np.empty(QK_K, F32)
+    Li = np.empty(QK_K, np.int32)
     scales, mins, sw = np.empty(16, F32), np.empty(16, F32), np.empty(16, F32)
     Ls, Lm = np.empty(16, np.int32), np.empty(16, np.int32)
     for b in range(xs.shape[0]):
         x, y = xs[b], out[b]
         if qws.shape[0] == 0:
+            for i in range(QK_K):
+                w[i] = abs(x[i])
             for j in range(16):
-                for l in range(16):
-                    w[l] = abs(x[16 * j + l])
-                scales[j], mins[j] = make_qkx(x[16 * j:16 * j + 16], w, 3, _M05, _P1, 15, True, False,
-                                              L[16 * j:16 * j + 16], Laux)
+                sl = slice(16 * j, 16 * j + 16)
+                scales[j], mins[j] = make_qkx(x[sl], w[sl], 3, _M05, _P1, 15, True, False, L[sl], Laux)
             d, dmin = _q2k_scales(scales, mins, y)
         else:
-            qw = qws[b % qws.shape[0]]
-            sigma2 = _sigma2(x, F32(1))
+            _weights_imatrix(x, qws[b % qws.shape[0]], _sigma2(x, F32(1)), w, sw, 16)
             for j in range(16):
-                sw[j] = _imatrix_weights(x[16 * j:16 * j + 16], qw[16 * j:16 * j + 16], sigma2, w)
-                scales[j], mins[j] = make_qkx(x[16 * j:16 * j + 16], w, 3, _M09, _P05, 36, False, True,
-                                              L[16 * j:16 * j + 16], Laux)
+                sl = slice(16 * j, 16 * j + 16)
+                scales[j], mins[j] = make_qkx(x[sl], w[sl], 3, _M09, _P05, 36, False, True, L[sl], Laux)
             d = put_fp16(y, 80, make_qp(scales, 15, sw, Ls))
             dmin = put_fp16(y, 82, make_qp(mins, 15, sw, Lm))
             for j in range(16):
                 y[j] = (Ls[j] | (Lm[j] << 4)) & 0xFF
+        for i in range(QK_K):
+            Li[i] = np.int32(L[i])
         for j in range(16):
             sc = np.int64(y[j])
-            _requant(x[16 * j:16 * j + 16], L[16 * j:16 * j + 16], d * F32(sc & 0xF), dmin * F32(sc >> 4), 0, 3, 0)
-        _pack_2bit(L, y, 16)
+            _requant(x[16 * j:16 * j + 16], Li[16 * j:16 * j + 16], d * F32(sc & 0xF), dmin * F32(sc >> 4), 0, 3, 0)
+        _pack_2bit(Li, y, 16)
 
 
 # ---------------------------------------------------------------- Q3_K
@@ -144,35 +192,42 @@ def _q3k_finish(x, L, ls, d_block, y):
 
 
 @njit(**JIT)
+def _q3k_ref_scales(scales, ls):
+    """_ref: 6-bit signed scales against the one of largest |scale|; returns d."""
+    amax = max_scale = F0
+    for j in range(16):
+        if abs(scales[j]) > amax:
+            amax = abs(scales[j])
+            max_scale = scales[j]
+    ls[:] = 0
+    if max_scale == 0:
+        return F0
+    iscale = _M32 / max_scale
+    for j in range(16):
+        l = ((nearest_int(iscale * scales[j]) + 128) & 0xFF) - 128     # int8_t l
+        ls[j] = max(-32, min(31, l)) + 32
+    return F32(1) / iscale
+
+
+@njit(**JIT)
 def _q3k(xs, qws, out):
     L = np.empty(QK_K, np.int32)
-    w = np.empty(16, F32)
+    X, W, WX, Lt, _, S, _ = _lane_buffers(16, 16)
     scales, sw = np.empty(16, F32), np.empty(16, F32)
     ls = np.empty(16, np.int32)
     for b in range(xs.shape[0]):
         x, y = xs[b], out[b]
+        _to_lanes(x, X)
         if qws.shape[0] == 0:
-            amax = max_scale = F0
-            for j in range(16):
-                scales[j] = make_q3(x[16 * j:16 * j + 16], 4, L[16 * j:16 * j + 16])
-                if abs(scales[j]) > amax:
-                    amax = abs(scales[j])
-                    max_scale = scales[j]
-            d_block = F0
-            ls[:] = 0
-            if max_scale != 0:
-                iscale = _M32 / max_scale
-                for j in range(16):
-                    l = ((nearest_int(iscale * scales[j]) + 128) & 0xFF) - 128     # int8_t l
-                    ls[j] = max(-32, min(31, l)) + 32
-                d_block = F32(1) / iscale
+            _products(X, W, WX, True)
+            q3_lanes(X, W, WX, 4, Lt, S, scales)
+            d_block = _q3k_ref_scales(scales, ls)
         else:
-            qw = qws[b % qws.shape[0]]
-            sigma2 = _sigma2(x, _F2)
-            for j in range(16):
-                sw[j] = _imatrix_weights(x[16 * j:16 * j + 16], qw[16 * j:16 * j + 16], sigma2, w)
-                scales[j] = make_qx(x[16 * j:16 * j + 16], 4, w, L[16 * j:16 * j + 16])
+            _imatrix_lanes(X, qws[b % qws.shape[0]], _sigma2(x, _F2), W, sw)
+            _products(X, W, WX, False)
+            qx_lanes(X, W, WX, 4, Lt, S, scales)
             d_block = make_qx(scales, 32, sw, ls)
+        _from_lanes(Lt, L)
         _q3k_finish(x, L, ls, d_block, y)
 
 
@@ -204,18 +259,19 @@ def _k4_requant(x, L, sc, d, dmin, nmax):
 
 
 @njit(**JIT)
-def _k4_ref_scales(x, nmax, rmin, rdelta, nstep, L, Laux, w, scales, mins, ls, lm):
+def _k4_ref_scales(x, w, nmax, rmin, rdelta, nstep, L, Laux, scales, mins, ls, lm):
     """_ref: per-32 weights av_x + |x|, make_qkx2, linear 6-bit scales; returns (d, dmin) to store."""
     max_scale = max_min = F0
     for j in range(8):
-        xj = x[32 * j:32 * j + 32]
+        sl = slice(32 * j, 32 * j + 32)
+        xj = x[sl]
         sum_x2 = F0
         for l in range(32):
             sum_x2 += xj[l] * xj[l]
         av_x = np.sqrt(sum_x2 / _F32_)
         for l in range(32):
-            w[l] = av_x + abs(xj[l])
-        scales[j], mins[j] = make_qkx(xj, w, nmax, rmin, rdelta, nstep, False, False, L[32 * j:32 * j + 32], Laux)
+            w[32 * j + l] = av_x + abs(xj[l])
+        scales[j], mins[j] = make_qkx(xj, w[sl], nmax, rmin, rdelta, nstep, False, False, L[sl], Laux)
         max_scale = scales[j] if scales[j] > max_scale else max_scale
         max_min = mins[j] if mins[j] > max_min else max_min
     inv_scale = _F63 / max_scale if max_scale > 0 else F0
@@ -227,15 +283,14 @@ def _k4_ref_scales(x, nmax, rmin, rdelta, nstep, L, Laux, w, scales, mins, ls, l
 
 
 @njit(**JIT)
-def _k4_impl_scales(x, qw, nmax, clamp63, L, Laux, w, scales, mins, sw, ls, lm):
-    sigma2 = _sigma2(x, _F2)
+def _k4_impl_scales(x, w, qw, nmax, L, Laux, scales, mins, sw, ls, lm):
+    _weights_imatrix(x, qw, _sigma2(x, _F2), w, sw, 32)
     for j in range(8):
-        sw[j] = _imatrix_weights(x[32 * j:32 * j + 32], qw[32 * j:32 * j + 32], sigma2, w)
-        scales[j], mins[j] = make_qkx(x[32 * j:32 * j + 32], w, nmax, _M09, _P05, 36, False, True,
-                                      L[32 * j:32 * j + 32], Laux)
+        sl = slice(32 * j, 32 * j + 32)
+        scales[j], mins[j] = make_qkx(x[sl], w[sl], nmax, _M09, _P05, 36, False, True, L[sl], Laux)
     d_block = make_qp(scales, 63, sw, ls)
     m_block = make_qp(mins, 63, sw, lm)
-    if clamp63:
+    if nmax == 31:
         for j in range(8):
             ls[j] = min(63, ls[j])
             lm[j] = min(63, lm[j])
@@ -246,18 +301,18 @@ def _k4_impl_scales(x, qw, nmax, clamp63, L, Laux, w, scales, mins, sw, ls, lm):
 def _k4(xs, qws, out, nmax, rmin, rdelta, nstep):
     """Q4_K (nmax 15) and Q5_K (nmax 31): d, dmin, scales[12], then Q5_K's qh[32], then qs[128]."""
     L = np.empty(QK_K, np.int32)
-    Laux = np.empty(32, np.int32)
-    w = np.empty(32, F32)
+    Lf, Laux, w = np.empty(QK_K, F32), np.empty(32, F32), np.empty(QK_K, F32)
     scales, mins, sw = np.empty(8, F32), np.empty(8, F32), np.empty(8, F32)
     ls, lm = np.empty(8, np.int32), np.empty(8, np.int32)
     qs = 16 if nmax == 15 else 48
     for b in range(xs.shape[0]):
         x, y = xs[b], out[b]
         if qws.shape[0] == 0:
-            d, dmin = _k4_ref_scales(x, nmax, rmin, rdelta, nstep, L, Laux, w, scales, mins, ls, lm)
+            d, dmin = _k4_ref_scales(x, w, nmax, rmin, rdelta, nstep, Lf, Laux, scales, mins, ls, lm)
         else:
-            d, dmin = _k4_impl_scales(x, qws[b % qws.shape[0]], nmax, nmax == 31, L, Laux, w, scales, mins,
-                                      sw, ls, lm)
+            d, dmin = _k4_impl_scales(x, w, qws[b % qws.shape[0]], nmax, Lf, Laux, scales, mins, sw, ls, lm)
+        for i in range(QK_K):
+            L[i] = np.int32(Lf[i])
         _k4_pack_scales(ls, lm, y[4:16])
         d = put_fp16(y, 0, d)
         dmin = put_fp16(y, 2, dmin)
@@ -295,25 +350,24 @@ def _q6k_pack(L, y):
 def _q6k(xs, qws, out):
     """ql[128], qh[64], scales[16] int8, d."""
     L = np.empty(QK_K, np.int32)
-    w = np.empty(16, F32)
+    X, W, WX, Lt, _, S, _ = _lane_buffers(16, 16)
     scales = np.empty(16, F32)
     for b in range(xs.shape[0]):
         x, y = xs[b], out[b]
+        _to_lanes(x, X)
+        if qws.shape[0] != 0:
+            _to_lanes(qws[b % qws.shape[0]], W)
+        _products(X, W, WX, qws.shape[0] == 0)
+        qx_lanes(X, W, WX, 32, Lt, S, scales)
         max_scale = max_abs = F0
         for ib in range(16):
-            xi = x[16 * ib:16 * ib + 16]
-            if qws.shape[0] == 0:
-                for l in range(16):
-                    w[l] = xi[l] * xi[l]
-                scales[ib] = make_qx(xi, 32, w, L[16 * ib:16 * ib + 16])
-            else:
-                scales[ib] = make_qx(xi, 32, qws[b % qws.shape[0]][16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16])
             if abs(scales[ib]) > max_abs:
                 max_abs = abs(scales[ib])
                 max_scale = scales[ib]
         if max_abs < F32(1e-15):
             y[:] = 0
             continue
+        _from_lanes(Lt, L)
         iscale = _M128 / max_scale
         d = put_fp16(y, 208, F32(1) / iscale)
         for ib in range(16):
