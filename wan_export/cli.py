@@ -305,6 +305,57 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
     emit(result, as_json, render_text(result))
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("--component", cls=TableHelpOption, table="wan_export.converters.onnx_specs:COMPONENT_CHOICES",
+              help_text="Which graphs to build: {}.", default="all", show_default=True, metavar="NAME")
+@click.option("--target", default="all", show_default=True, metavar="SM[,SM...]|all",
+              help="GPU architectures of one plan (sm75, sm80, sm86, sm89, sm120, sm121; tensorrt: sm90, sm100); "
+                   "all: one plan per tier (sm80+sm86, sm89, sm120) that builds the precision.")
+@click.option("--precision", cls=TableHelpOption, table="wan_export.converters.trt_specs:PRECISIONS",
+              help_text="{} (default: the ONNX folder's; fp16 from a checkpoint). fp8 needs SM89+, nvfp4 SM120.",
+              default=None, metavar="P")
+@click.option("--calib", default=None, metavar="CALIB",
+              help="Calibration file (wan-export calibrate) for fp8/nvfp4 activation scales.")
+@click.option("--profile", "profiles", multiple=True, metavar="SIZE[:SIZE[:SIZE]]",
+              help="One optimization profile per option: 480p, 720p, 704p (TI2V) or WxH[xFRAMES] "
+                   "(frames 4k+1, default 81); one size = frames 1..F at that size, MIN:MAX or MIN:OPT:MAX. "
+                   "Default 480p.")
+@click.option("--batch", default="1-2", show_default=True, metavar="MIN-MAX", help="Batch range (2: CFG batching).")
+@click.option("--text-len", type=int, default=512, show_default=True, help="Longest text (Wan pads to 512).")
+@click.option("--backend", type=click.Choice(["auto", "rtx", "tensorrt"]), default="auto", show_default=True,
+              help="rtx: TensorRT for RTX (ahead of time, no GPU needed); tensorrt: standard TensorRT "
+                   "(builds on the GPU it targets).")
+@click.option("--weightless", is_flag=True, help="Strip the weights (refit from the ONNX at load time).")
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
+              help="ONNX exporter when SRC is a checkpoint (legacy: faster, no --precision fp8/nvfp4).")
+@click.option("--dry-run", is_flag=True, help="Check every option and list the plans, build nothing.")
+@output_options
+def trt(src, component, target, precision, calib, profiles, batch, text_len, backend, weightless, exporter,
+        dry_run, output, overwrite, quiet, as_json):
+    """Build TensorRT plans from SRC (a checkpoint, or a `wan-export onnx` folder).
+
+    From a checkpoint the ONNX graphs are exported first into DIR/onnx/. One plan
+    per graph and target group: <graph>.<backend>-<version>.<sm...>.<precision>.<hash>.plan,
+    described in trt.json (I/O ranges, sha256s, build settings, the VAE protocol).
+    TensorRT for RTX builds on any machine; its plans run on RTX-class GPUs and
+    A100 (not Hopper). Check with `wan-export validate DIR --against SRC`.
+
+    \b
+    Examples:
+      wan-export trt Wan2.1-T2V-1.3B/ -o trt/ --target sm86,sm89 --precision fp16
+      wan-export trt onnx-fp8/ -o trt-fp8/ --target sm89 --profile 480p --profile 720p
+      wan-export trt Wan2.2-TI2V-5B/ --component vae-decoder --profile 704p -o vae-trt/
+    """
+    from wan_export.converters.trt import Request, build_trt, render_text
+
+    req = Request(component=component, target=target, precision=precision, calib=calib,
+                  profiles=tuple(profiles) or ("480p",), batch=batch, text_len=text_len, backend=backend,
+                  weightless=weightless, exporter=exporter)
+    result = build_trt(src, output, req, overwrite=overwrite, dry_run=dry_run, progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
 # -- commands above --
 
 
