@@ -283,8 +283,12 @@ def stock(src, dtype, output, overwrite, quiet, as_json):
                    "parses <= 20; 23 emits Attention/RMSNormalization (TensorRT 10.15+).")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
               help="torch.onnx route; legacy (TorchScript) is faster but copies the weights (< 1 GiB only).")
+@click.option("--quant", type=click.Choice(["fp8", "nvfp4"]), default=None,
+              help="Q/DQ DiT graphs for TensorRT: FP8 E4M3 (opset 20; SM89+) or NVFP4 (opset 23; SM120).")
+@click.option("--calib", default=None, metavar="CALIB",
+              help="Calibration file (wan-export calibrate): quantize activations too (else weight-only).")
 @output_options
-def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_json):
+def onnx(src, component, dtype, opset, exporter, quant, calib, output, overwrite, quiet, as_json):
     """Export SRC's DiT, VAE and UMT5 encoder to ONNX graphs with dynamic shapes.
 
     The DiT takes latents [B, C, F, H, W] (H, W even), timestep, context [B, L, 4096]
@@ -297,11 +301,12 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
     Examples:
       wan-export onnx Wan2.1-T2V-1.3B/ -o onnx/
       wan-export onnx Wan2.2-TI2V-5B/ --component vae-decoder --dtype fp16 -o vae-onnx/
+      wan-export onnx Wan2.1-T2V-1.3B/ --component dit --dtype fp16 --quant fp8 --calib calib.safetensors
     """
     from wan_export.converters.onnx_export import export_onnx, render_text
 
     result = export_onnx(src, output, component=component, dtype=dtype, opset=opset, exporter=exporter,
-                         overwrite=overwrite, progress=progress(quiet or as_json))
+                         overwrite=overwrite, quant=quant, calib=calib, progress=progress(quiet or as_json))
     emit(result, as_json, render_text(result))
 
 

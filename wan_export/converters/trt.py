@@ -130,7 +130,7 @@ def _export(src: str, folder: str, req: Request, precision: str, progress) -> No
     dtype = "fp16" if quant else precision
     options = {"quant": quant, "calib": req.calib} if quant else {}
     export_onnx(src, folder, component=req.component, dtype=dtype, exporter=req.exporter, progress=progress,
-                opset=23 if quant == "nvfp4" else None, **options)
+                **options)
 
 
 def _read_onnx_folder(folder: str) -> tuple[dict, dict | None]:
