@@ -17,12 +17,45 @@ import numpy as np
 from wan_export.converters import onnx_qdq as Q
 from wan_export.validators.report import Tolerance
 
-# Measured on the tiny synthetic DiTs (fp16 graphs, tests/converters/test_onnx_quant.py): vs the
-# fake-quant reference fp8 <= 1.2e-2, nvfp4 <= 2.5e-2 rel-L2 (a 16-bit graph flips a few rounding
-# ties an fp32 reference does not); vs the unquantized reference fp8 ~3e-2, nvfp4 ~1.2e-1.
-TOLERANCES = {"fp8": Tolerance(max_rel_l2=5e-2, min_cosine=0.998),
-              "nvfp4": Tolerance(max_rel_l2=8e-2, min_cosine=0.996)}
-VS_FLOAT = {"fp8": Tolerance(max_rel_l2=1.5e-1, min_cosine=0.99), "nvfp4": Tolerance(max_rel_l2=4e-1, min_cosine=0.92)}
+# Measured on the tiny t2v DiT (fp16 graphs, real CALIB from the recorder, 3 grid shapes): graph vs
+# fake-quant reference fp8 <= 2.4e-2 rel-L2 (cos >= 0.9997), nvfp4 <= 7.1e-2 (cos >= 0.9975); weight-only
+# graphs match it to 5e-4 / 9e-4, so the rest is the fp16 graph flipping FP8/FP4 rounding ties that the
+# fp32 reference rounds the other way, compounded over 20 layers. vs the unquantized reference:
+# fp8 <= 4.5e-2, nvfp4 <= 1.75e-1.
+TOLERANCES = {"fp8": Tolerance(max_rel_l2=5e-2, min_cosine=0.999),
+              "nvfp4": Tolerance(max_rel_l2=1.5e-1, min_cosine=0.995)}
+VS_FLOAT = {"fp8": Tolerance(max_rel_l2=1e-1, min_cosine=0.995), "nvfp4": Tolerance(max_rel_l2=3e-1, min_cosine=0.98)}
+
+
+def parity(report, comp, entry: dict, path: str, quant: str, reference) -> None:
+    """Graph vs fake-quant reference (the stated tolerance) and vs the float reference."""
+    import torch
+
+    from wan_export.converters import onnx_specs as S
+    from wan_export.validators.metrics import compare
+
+    run, desc = runner(path, quant)
+    report.info[f"runtime {entry['file']}"] = desc
+    inits = graph_weights(path)
+    model = reference(comp)
+    report.tables[f"{entry['file']}: dequantized weights vs source (worst first)"] = weight_table(model, inits, quant)
+    report.info[f"tolerance {entry['file']} {quant}"] = (f"vs fake-quant reference: {TOLERANCES[quant].describe()}; "
+                                                        f"vs float reference: {VS_FLOAT[quant].describe()}")
+    spec = S.dit_spec(comp.config, entry["file"])
+    for i, sizes in enumerate(spec.grid):
+        x = S.make_inputs(spec, sizes, seed=100 + i)
+        t = x["timestep"]
+        if t.dim() == 2:
+            t = t.repeat_interleave(sizes["hh"] * sizes["ww"], dim=1)
+        args = (x["latents"], t, x["context"], x.get("clip_features"), x.get("vace_context"), x.get("vace_scale", 1.0))
+        with torch.no_grad():
+            ref = model(*args)
+            with fake_quant(model, inits, quant):
+                fq = model(*args)
+        out = run({k: v.numpy() for k, v in x.items()})[0]
+        label = " ".join(f"{k}={v}" for k, v in sizes.items())
+        report.add(f"{entry['file']} {quant} vs fake-quant reference {label}", compare(fq, out), TOLERANCES[quant])
+        report.add(f"{entry['file']} {quant} vs float reference {label}", compare(ref, out), VS_FLOAT[quant])
 
 
 def fp4_dynamic_quantize_op():
