@@ -183,6 +183,9 @@ def test_bad_profiles_and_folders(fp16_dit, tmp_path):
     _bad(["trt", onnx_dir, "-o", out, "--batch", "2-1"], tmp_path, "--batch '2-1'")
     _bad(["trt", onnx_dir, "-o", out, "--target", "sm86", "--precision", "nvfp4"], tmp_path,
          "nvfp4 cannot be built for sm86")
+    res = _run(None, ["trt", onnx_dir, "-o", out, "--dry-run", "--precision", "fp16", "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.output)["plans"]) == 3       # one per tier
+    assert not (tmp_path / "out").exists()
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(os.path.join(onnx_dir, "transformer.onnx"), bare)

@@ -68,6 +68,9 @@ def build_trt(src: str, output: str | None, req: Request, *, overwrite: bool = F
         if dry_run:
             return {"output": os.path.abspath(output), "dry_run": True, "backend": _backend_doc(backend),
                     "precision": precision, "targets": [list(g) for g in groups], "plans": []}
+    if dry_run:                       # an ONNX folder: list the plans, write nothing
+        manifest, vae = _read_onnx_folder(onnx_dir)
+        return _result(output, backend, plan_jobs(manifest, vae, req, backend, groups), onnx_dir, dry_run=True)
     with atomic_dir(output, overwrite) as tmp:
         folder = onnx_dir
         if folder is None:
@@ -75,8 +78,6 @@ def build_trt(src: str, output: str | None, req: Request, *, overwrite: bool = F
             _export(src, folder, req, precision, progress)
         manifest, vae = _read_onnx_folder(folder)
         jobs = plan_jobs(manifest, vae, req, backend, groups)
-        if dry_run:
-            return _result(output, backend, jobs, folder, dry_run=True)
         entries = _build_all(backend, jobs, folder, tmp, req, progress)
         doc = _manifest(backend, manifest, vae, entries, os.path.relpath(folder, tmp) if onnx_dir is None
                         else os.path.relpath(os.path.abspath(onnx_dir), os.path.abspath(output)), req)

@@ -57,3 +57,26 @@ def run_parity(report, backend, folder: str, doc: dict, against: str, tolerances
             out = eng(x)["noise_pred"]
             report.add(f"{plan['file']} on GPU at {sizes}", compare(ref.cpu(), out.float().cpu()),
                        tolerances[plan["precision"]])
+            trt_ms = _median_ms(lambda: eng(x))
+            torch_ms = _median_ms(lambda: model(x["latents"], t, x["context"], x.get("clip_features"),
+                                                x.get("vace_context"), x.get("vace_scale", 1.0)))
+            report.info[f"speed {plan['file']} {sizes}"] = (f"TensorRT {trt_ms:.2f} ms, PyTorch fp32 {torch_ms:.2f} ms "
+                                                           f"({torch_ms / trt_ms:.1f}x)")
+
+
+def _median_ms(fn, repeat: int = 5) -> float:
+    import statistics
+    import time
+
+    import torch
+
+    times = []
+    with torch.no_grad():
+        fn()
+        for _ in range(repeat):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
