@@ -10,7 +10,7 @@ depend on the scales), and built, each in a fresh child process so peak RSS is i
 
     python benchmarks/bench_trt.py [--dir DIR] [--layers 30] [--keep]
 
-Peak RSS is the child's VmHWM (ru_maxrss). The machine's load changes wall time, so the
+Peak RSS is each child's own ru_maxrss. The machine's load changes wall time, so the
 figures are given together with the ONNX export of the same graph in the same run.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,14 +30,21 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILDS = (("fp16", "sm86,sm89"), ("bf16", "sm86,sm89"), ("fp8", "sm89"), ("nvfp4", "sm120"))
 
 
+_CHILD = ("import resource, sys\n"
+          "from wan_export.cli import main\n"
+          "try:\n    main(sys.argv[2:])\n"
+          "finally:\n    open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n")
+
+
 def child(args: list[str]) -> dict:
-    """Run `python -m wan_export ...` in a child; wall seconds and the child's peak RSS."""
-    t = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-m", "wan_export", *args], check=True, cwd=HERE,
-                   env={**os.environ, "PYTHONPATH": HERE}, stdout=subprocess.DEVNULL)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"seconds": round(time.perf_counter() - t, 1), "peak_rss_mib": round(max(peak, before) / 1024)}
+    """Run the CLI in a fresh child; wall seconds and that child's own peak RSS (ru_maxrss)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _CHILD, rss.name, *args], check=True, cwd=HERE,
+                       env={**os.environ, "PYTHONPATH": HERE}, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - t
+        peak = int(open(rss.name).read())
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(peak / 1024)}
 
 
 def write_release(folder: str, layers: int) -> None:

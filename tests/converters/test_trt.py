@@ -234,3 +234,26 @@ def test_onnx_quant_options_are_checked_before_export(fp16_dit, tmp_path):
     _bad(["onnx", src, "-o", str(tmp_path / "out"), "--calib", "x.safetensors"], tmp_path, "--calib needs --quant")
     _bad(["onnx", src, "-o", str(tmp_path / "out"), "--quant", "fp8", "--exporter", "legacy"], tmp_path,
          "--quant needs the dynamo exporter")
+
+
+def test_standard_tensorrt_path_drives_the_same_builder(tmp_path):
+    """The `tensorrt` code path (TensorRT 10.x network flag, no compute capabilities) on a
+    module with the same API: TensorRT-RTX stands in, since standard TensorRT is not installable."""
+    import onnx
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from wan_export.converters.trt_backend import Backend, BuildSettings, build_plan, engine_validity
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 8])
+    w = numpy_helper.from_array(np.ones((16, 8), np.float16), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    path = str(tmp_path / "g.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), path)
+    for backend in (Backend("tensorrt", trt, "10.16.0"), Backend("rtx", trt, trt.__version__)):
+        plan, info = build_plan(backend, path, [{"x": [[1, 16], [2, 16], [4, 16]]}], BuildSettings(("sm86",)))
+        assert plan and [t["name"] for t in info["io"]] == ["x", "y"]
+        assert engine_validity(backend, plan)[1] == []          # well-formed header (INVALID on a CPU)
+    with pytest.raises(BadInputError, match="no profile shapes for network inputs x"):
+        build_plan(backend, path, [{}], BuildSettings(("sm86",)))

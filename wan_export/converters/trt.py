@@ -58,6 +58,8 @@ def build_trt(src: str, output: str | None, req: Request, *, overwrite: bool = F
     _check_request(req)
     backend = load_backend(req.backend if req.backend != "auto" else _auto_backend(req.target))
     groups = T.parse_targets(req.target, backend.name)
+    if not backend.aot:
+        groups = _local_target(groups)
     if req.precision:
         T.check_precision(groups, req.precision, req.target != "all")
     onnx_dir = _onnx_folder(src)
@@ -105,6 +107,24 @@ def _auto_backend(target: str) -> str:
     if any(n in T.TARGETS and "rtx" not in T.TARGETS[n][1] for n in names):
         return "tensorrt"
     return "auto"
+
+
+def _local_target(groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Standard TensorRT builds for the GPU it runs on: the request must name (or include) it."""
+    try:
+        import torch
+
+        major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (0, 0)
+    except ImportError:
+        major, minor = 0, 0
+    if not major:
+        raise UnsupportedError("standard TensorRT builds on the GPU it targets and there is no CUDA GPU here "
+                               "(use --backend rtx to build ahead of time)")
+    local = f"sm{major}{minor}"
+    if not any(local in g for g in groups):
+        raise UnsupportedError(f"standard TensorRT builds for this machine's GPU ({local}) only; "
+                               f"build the other targets on their GPUs or with --backend rtx")
+    return [(local,)]
 
 
 def default_output(src: str) -> str:

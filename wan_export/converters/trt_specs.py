@@ -31,9 +31,9 @@ TARGETS = {
     "sm120": (("fp32", "fp16", "bf16", "fp8", "nvfp4"), ("rtx", "tensorrt")),
     "sm121": (("fp32", "fp16", "bf16", "fp8", "nvfp4"), ("rtx",)),
 }
-# `--target all`: one plan per tier (Turing and GB10 only when named); a tier's members share kernels'
+# `--target all`: one plan per tier the backend targets (Turing and GB10 only when named); a tier's members share kernels'
 # datatype support, so a plan for a tier never narrows to another's
-TIERS = (("sm80", "sm86"), ("sm89",), ("sm120",))
+TIERS = (("sm80", "sm86"), ("sm89",), ("sm90",), ("sm100",), ("sm120",))
 NEEDS = {"fp32": "Ampere (SM80)", "bf16": "Ampere (SM80)", "fp8": "Ada (SM89)", "nvfp4": "Blackwell (SM100/SM120)",
          "fp16": "Turing (SM75)"}
 # name -> (width, height); official Wan resolutions (TI2V-5B uses 1280x704, a multiple of 32)
