@@ -86,8 +86,8 @@ def export_onnx(src: str, output: str | None = None, *, component: str = "all", 
         for job in (j for j in jobs if j.comp.kind == "vae"):
             parts = tuple(p for p in ("decoder", "encoder") if any(s.role.startswith(f"vae_{p}") for s in job.specs))
             _write_json(os.path.join(tmp, S.VAE_SIDECAR), S.vae_protocol(job.comp.config, dtype, parts))
-    return {"output": os.path.abspath(output), "dtype": dtype, "opset": opset, "exporter": exporter,
-            "quant": quant, "graphs": graphs, "seconds": round(time.perf_counter() - start, 2)}
+    return {"output": os.path.abspath(output), "dtype": dtype, "opset": manifest["opset"], "exporter": exporter,
+            "quant": manifest.get("quant"), "graphs": graphs, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def _check_options(component: str, dtype: str, opset: int | None, exporter: str) -> None:
@@ -377,7 +377,9 @@ def _write_json(path: str, doc: dict) -> None:
 
 
 def render_text(result: dict) -> str:
-    lines = [f"ONNX ({result['dtype']}, opset {result['opset']}, {result['exporter']}) -> {result['output']}"]
+    q = result.get("quant")
+    quant = f", {q['type']} Q/DQ DiT, activations: {q['activations']}" if q else ""
+    lines = [f"ONNX ({result['dtype']}, opset {result['opset']}, {result['exporter']}{quant}) -> {result['output']}"]
     for g in result["graphs"]:
         ext = f" + {g['external_data']}" if g["external_data"] else ""
         ins = ", ".join(f"{t['name']}[{','.join(map(str, t['shape']))}]" for t in g["inputs"][:4])
