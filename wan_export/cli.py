@@ -361,8 +361,12 @@ def stock(src, dtype, output, overwrite, quiet, as_json):
                    "parses <= 20; 23 emits Attention/RMSNormalization (TensorRT 10.15+).")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
               help="torch.onnx route; legacy (TorchScript) is faster but copies the weights (< 1 GiB only).")
+@click.option("--quant", type=click.Choice(["fp8", "nvfp4"]), default=None,
+              help="Q/DQ DiT graphs for TensorRT: FP8 E4M3 (opset 20; SM89+) or NVFP4 (opset 23; SM120).")
+@click.option("--calib", default=None, metavar="CALIB",
+              help="Calibration file (wan-export calibrate): quantize activations too (else weight-only).")
 @output_options
-def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_json):
+def onnx(src, component, dtype, opset, exporter, quant, calib, output, overwrite, quiet, as_json):
     """Export SRC's DiT, VAE and UMT5 encoder to ONNX graphs with dynamic shapes.
 
     The DiT takes latents [B, C, F, H, W] (H, W even), timestep, context [B, L, 4096]
@@ -375,11 +379,63 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
     Examples:
       wan-export onnx Wan2.1-T2V-1.3B/ -o onnx/
       wan-export onnx Wan2.2-TI2V-5B/ --component vae-decoder --dtype fp16 -o vae-onnx/
+      wan-export onnx Wan2.1-T2V-1.3B/ --component dit --dtype fp16 --quant fp8 --calib calib.safetensors
     """
     from wan_export.converters.onnx_export import export_onnx, render_text
 
     result = export_onnx(src, output, component=component, dtype=dtype, opset=opset, exporter=exporter,
-                         overwrite=overwrite, progress=progress(quiet or as_json))
+                         overwrite=overwrite, quant=quant, calib=calib, progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("--component", cls=TableHelpOption, table="wan_export.converters.onnx_specs:COMPONENT_CHOICES",
+              help_text="Which graphs to build: {}.", default="all", show_default=True, metavar="NAME")
+@click.option("--target", default="all", show_default=True, metavar="SM[,SM...]|all",
+              help="GPU architectures of one plan (sm75, sm80, sm86, sm89, sm120, sm121; tensorrt: sm90, sm100); "
+                   "all: one plan per tier (sm80+sm86, sm89, sm120) that builds the precision.")
+@click.option("--precision", cls=TableHelpOption, table="wan_export.converters.trt_specs:PRECISIONS",
+              help_text="{} (default: the ONNX folder's; fp16 from a checkpoint). fp8 needs SM89+, nvfp4 SM120.",
+              default=None, metavar="P")
+@click.option("--calib", default=None, metavar="CALIB",
+              help="Calibration file (wan-export calibrate) for fp8/nvfp4 activation scales.")
+@click.option("--profile", "profiles", multiple=True, metavar="SIZE[:SIZE[:SIZE]]",
+              help="One optimization profile per option: 480p, 720p, 704p (TI2V) or WxH[xFRAMES] "
+                   "(frames 4k+1, default 81); one size = frames 1..F at that size, MIN:MAX or MIN:OPT:MAX. "
+                   "Default 480p.")
+@click.option("--batch", default="1-2", show_default=True, metavar="MIN-MAX", help="Batch range (2: CFG batching).")
+@click.option("--text-len", type=int, default=512, show_default=True, help="Longest text (Wan pads to 512).")
+@click.option("--backend", type=click.Choice(["auto", "rtx", "tensorrt"]), default="auto", show_default=True,
+              help="rtx: TensorRT for RTX (ahead of time, no GPU needed); tensorrt: standard TensorRT "
+                   "(builds on the GPU it targets).")
+@click.option("--weightless", is_flag=True, help="Strip the weights (refit from the ONNX at load time).")
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
+              help="ONNX exporter when SRC is a checkpoint (legacy: faster, no --precision fp8/nvfp4).")
+@click.option("--dry-run", is_flag=True, help="Check every option and list the plans, build nothing.")
+@output_options
+def trt(src, component, target, precision, calib, profiles, batch, text_len, backend, weightless, exporter,
+        dry_run, output, overwrite, quiet, as_json):
+    """Build TensorRT plans from SRC (a checkpoint, or a `wan-export onnx` folder).
+
+    From a checkpoint the ONNX graphs are exported first into DIR/onnx/. One plan
+    per graph and target group: <graph>.<backend>-<version>.<sm...>.<precision>.<hash>.plan,
+    described in trt.json (I/O ranges, sha256s, build settings, the VAE protocol).
+    TensorRT for RTX builds on any machine; its plans run on RTX-class GPUs and
+    A100 (not Hopper). Check with `wan-export validate DIR --against SRC`.
+
+    \b
+    Examples:
+      wan-export trt Wan2.1-T2V-1.3B/ -o trt/ --target sm86,sm89 --precision fp16
+      wan-export trt onnx-fp8/ -o trt-fp8/ --target sm89 --profile 480p --profile 720p
+      wan-export trt Wan2.2-TI2V-5B/ --component vae-decoder --profile 704p -o vae-trt/
+    """
+    from wan_export.converters.trt import Request, build_trt, render_text
+
+    req = Request(component=component, target=target, precision=precision, calib=calib,
+                  profiles=tuple(profiles) or ("480p",), batch=batch, text_len=text_len, backend=backend,
+                  weightless=weightless, exporter=exporter)
+    result = build_trt(src, output, req, overwrite=overwrite, dry_run=dry_run, progress=progress(quiet or as_json))
     emit(result, as_json, render_text(result))
 
 

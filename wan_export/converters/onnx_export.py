@@ -51,15 +51,20 @@ class Job:
 
 def export_onnx(src: str, output: str | None = None, *, component: str = "all", dtype: str = "fp32",
                 opset: int | None = None, exporter: str = "dynamo", overwrite: bool = False,
-                progress=null) -> dict:
-    """Export SRC's components to a folder of ONNX graphs + wan_onnx.json (+ vae.json)."""
+                quant: str | None = None, calib: str | None = None, progress=null) -> dict:
+    """Export SRC's components to a folder of ONNX graphs + wan_onnx.json (+ vae.json);
+    `quant` rewrites the DiT graphs into FP8 / NVFP4 Q/DQ form (converters/onnx_qdq.py)."""
     from wan_export.atomic import atomic_dir
+    from wan_export.converters import onnx_quant
     from wan_export.release import open_input
 
     _check_options(component, dtype, opset, exporter)
+    qdq = onnx_quant.prepare(quant, calib, exporter, dtype)
     opset = opset or S.default_opset(dtype)
     rel = open_input(src)
     jobs = plan(rel, component)
+    if qdq:
+        qdq.check(jobs)
     output = output or default_output(rel, dtype)
     start, graphs, configs = time.perf_counter(), [], {}
     with atomic_dir(output, overwrite) as tmp, progress(sum(len(j.specs) for j in jobs), "exporting") as update:
@@ -68,16 +73,21 @@ def export_onnx(src: str, output: str | None = None, *, component: str = "all", 
             configs[job.slot] = job.comp.config.to_dict()
             for spec in job.specs:
                 graphs.append(export_graph(model, job, spec, tmp, dtype, opset, exporter))
+                if qdq and spec.role == "dit":
+                    graphs[-1].update(qdq.apply(os.path.join(tmp, spec.file), job.comp.expert))
                 update(1)
             del model
             gc.collect()
         manifest = _manifest(src, dtype, opset, exporter, graphs, configs)
+        if qdq:
+            manifest["quant"] = qdq.manifest()
+            manifest["opset"] = max(opset, onnx_quant.Q.OPSET[quant])
         _write_json(os.path.join(tmp, S.MANIFEST), manifest)
         for job in (j for j in jobs if j.comp.kind == "vae"):
             parts = tuple(p for p in ("decoder", "encoder") if any(s.role.startswith(f"vae_{p}") for s in job.specs))
             _write_json(os.path.join(tmp, S.VAE_SIDECAR), S.vae_protocol(job.comp.config, dtype, parts))
-    return {"output": os.path.abspath(output), "dtype": dtype, "opset": opset, "exporter": exporter,
-            "graphs": graphs, "seconds": round(time.perf_counter() - start, 2)}
+    return {"output": os.path.abspath(output), "dtype": dtype, "opset": manifest["opset"], "exporter": exporter,
+            "quant": manifest.get("quant"), "graphs": graphs, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def _check_options(component: str, dtype: str, opset: int | None, exporter: str) -> None:
@@ -367,7 +377,9 @@ def _write_json(path: str, doc: dict) -> None:
 
 
 def render_text(result: dict) -> str:
-    lines = [f"ONNX ({result['dtype']}, opset {result['opset']}, {result['exporter']}) -> {result['output']}"]
+    q = result.get("quant")
+    quant = f", {q['type']} Q/DQ DiT, activations: {q['activations']}" if q else ""
+    lines = [f"ONNX ({result['dtype']}, opset {result['opset']}, {result['exporter']}{quant}) -> {result['output']}"]
     for g in result["graphs"]:
         ext = f" + {g['external_data']}" if g["external_data"] else ""
         ins = ", ".join(f"{t['name']}[{','.join(map(str, t['shape']))}]" for t in g["inputs"][:4])

@@ -50,6 +50,8 @@ def validate_onnx(path: str, against: str, **options) -> Report:
     dtype = manifest["dtype"]
     report = Report(path, against, "onnx")
     report.info.update({"dtype": dtype, "opset": manifest["opset"], "exporter": manifest["exporter"]})
+    if manifest.get("quant"):
+        report.info.update({f"quant {k}": manifest["quant"][k] for k in ("type", "weights", "activations")})
     if any(e["role"] == "dit" for e in entries):
         report.info["time/RoPE angles"] = "float32 in-graph (reference: float64, ~4e-6 rel-L2 apart)"
     for entry in entries:
@@ -61,6 +63,12 @@ def validate_onnx(path: str, against: str, **options) -> Report:
             raise BadInputError(f"has no {group[0]['component']} component to compare "
                                 f"{group[0]['file']} with", against)
         if not _same_config(report, slot, manifest["configs"].get(slot), comp):
+            continue
+        if family == "dit" and group[0].get("quant"):      # Q/DQ graphs: fake-quant parity
+            from wan_export.validators import onnx_qdq
+
+            onnx_qdq.parity(report, comp, group[0], os.path.join(folder, group[0]["file"]), group[0]["quant"],
+                            _reference)
             continue
         runners = {e["role"]: _runner(report, os.path.join(folder, e["file"]), e, dtype) for e in group}
         if all(runners.values()):

@@ -76,8 +76,14 @@ StringConcat StringNormalizer StringSplit TfIdfVectorizer Unique
 FORBIDDEN_TYPES = {11: "DOUBLE", 14: "COMPLEX64", 15: "COMPLEX128"}
 
 
+# Custom-domain ops TensorRT's parser handles itself (ModelOpt's exports; checked with TensorRT-RTX 1.7)
+PARSED_CUSTOM = {("trt", "TRT_FP4DynamicQuantize"): "ModelOpt's NVFP4 activation quantizer (parsed natively)"}
+
+
 def classify(op: str, domain: str = "") -> tuple[str, str]:
     """(status, note): status is ok | restricted | needs-newer | unsupported | unknown | custom."""
+    if (domain, op) in PARSED_CUSTOM:
+        return "restricted", PARSED_CUSTOM[(domain, op)]
     if domain not in ("", "ai.onnx"):
         return "custom", f"op in domain {domain!r}: needs a TensorRT plugin"
     if op in PLAIN:
