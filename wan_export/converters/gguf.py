@@ -205,11 +205,13 @@ def write_dit(comp, plans: list[OutputPlan], writers, engine: QuantEngine, imatr
         update(1)
 
 
-def write_all(dits, plans, engine: QuantEngine, imatrix: dict, update) -> None:
-    """Every file stays a temp file until all are complete: a failure leaves none behind."""
+def write_all(dits, plans, engine: QuantEngine, imatrices: list[dict], update) -> None:
+    """Every file stays a temp file until all are complete: a failure leaves none behind.
+
+    imatrices[i] is the importance data of dits[i] (per expert for A14B)."""
     writers: list[gw.GGUFFileWriter] = []
     try:
-        for comp, row in zip(dits, plans):
+        for comp, row, imatrix in zip(dits, plans, imatrices):
             for p in row:
                 writers.append(gw.GGUFFileWriter(p.path, p.layout))
             write_dit(comp, row, writers[-len(row):], engine, imatrix, update)
@@ -258,21 +260,20 @@ def convert_gguf(src, output: str | None = None, types="Q4_K_M", tensor_types=()
     GGUFPolicy(mixes[0], float_type, overrides=overrides)      # option errors before any reading
     rel = open_input(str(src)) if isinstance(src, (str, os.PathLike)) else src
     dits = _dits(rel)
-    im, notes = {}, []
-    if imatrix:
-        for comp in dits:
-            im.update(load_imatrix(imatrix, dit_shapes(comp.config)))
+    notes = []
+    ims = [load_imatrix(imatrix, dit_shapes(c.config), c.expert) if imatrix else {} for c in dits]
     plans = plan_outputs(dits, mixes, output, overrides, float_type, sha256(imatrix) if imatrix else None)
     _check_outputs(plans, overwrite)
     if imatrix:
         quantized = {d.name for row in plans for p in row for d in p.decisions if GGML_TYPES[d.ggml].impl}
-        notes.append(f"imatrix: {len(quantized & set(im))} of {len(quantized)} quantized tensors have importance data")
+        covered = set().union(*ims)
+        notes.append(f"imatrix: {len(quantized & covered)} of {len(quantized)} quantized tensors have importance data")
     skipped = sorted(s for s, c in rel.components.items() if c.kind != "dit")
     if skipped:
         notes.append(f"not part of a Wan GGUF, skipped: {', '.join(skipped)}")
     total = sum(len(row[0].decisions) for row in plans)
     with progress(total, "gguf") as update, _engine(plans, jobs) as engine:
-        write_all(dits, plans, engine, im, update)
+        write_all(dits, plans, engine, ims, update)
     return _result(rel.path, plans, notes, time.monotonic() - t0)
 
 

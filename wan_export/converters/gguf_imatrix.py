@@ -21,6 +21,7 @@ from wan_export.errors import BadInputError
 
 PREFIXES = ("model.diffusion_model.", "model.high_noise_diffusion_model.")     # sd.cpp names
 SUMS, COUNTS = ".in_sum2", ".counts"
+CALIB_KEY = "wan_export.calibration"      # calibration.calibfile.META_KEY, without importing torch
 
 
 def _stock(name: str) -> str:
@@ -38,13 +39,16 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _from_gguf(path: str) -> dict[str, np.ndarray]:
+def _from_gguf(path: str, expert: str | None = None) -> dict[str, np.ndarray]:
     from wan_export.converters.gguf_read import GGUFSource
 
     src = GGUFSource(path)
     names = {i.name for i in src.infos()}
+    # a file holding both A14B experts (sd.cpp names): take this expert's entries
+    high = any(n.startswith(PREFIXES[1]) for n in names)
+    wanted = PREFIXES[1] if high and expert == "high_noise" else PREFIXES[0] if high else ""
     out = {}
-    for name in sorted(n for n in names if n.endswith(SUMS)):
+    for name in sorted(n for n in names if n.endswith(SUMS) and n.startswith(wanted)):
         base = name[: -len(SUMS)]
         if base + COUNTS not in names:
             raise BadInputError(f"imatrix entry {base!r} has {SUMS} but no {COUNTS}", path)
@@ -60,11 +64,13 @@ def _from_gguf(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _from_safetensors(path: str) -> dict[str, np.ndarray]:
+def _from_safetensors(path: str, expert: str | None = None) -> dict[str, np.ndarray]:
     from wan_export.safetensors_io import SafetensorsFile
 
     f = SafetensorsFile(path)
     out = {}
+    if CALIB_KEY in (f.metadata or {}):
+        raise BadInputError("a wan-export calibration file: read it with load_imatrix", path)
     for info in f.infos():
         if info.dtype not in ("F32", "F16", "BF16", "F64") or len(info.shape) != 1:
             raise BadInputError(f"imatrix entry {info.name!r} must be a 1-D float vector, "
@@ -76,15 +82,40 @@ def _from_safetensors(path: str) -> dict[str, np.ndarray]:
 READERS = {".gguf": _from_gguf, ".safetensors": _from_safetensors}
 
 
-def load_imatrix(path: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Read and check an imatrix against the model's stock shapes: name -> float32 [ne0]."""
+def _calib_file(path: str):
+    """The opened CALIB file when `path` is one (wan-export calibrate output), else None."""
+    from wan_export.calibration.calibfile import read_calib
+    from wan_export.safetensors_io import read_header
+
+    if not str(path).endswith(".safetensors"):
+        return None
+    _, metadata, _ = read_header(str(path))
+    return read_calib(str(path)) if CALIB_KEY in (metadata or {}) else None
+
+
+def load_imatrix(path: str, shapes: dict[str, tuple[int, ...]], expert: str | None = None) -> dict[str, np.ndarray]:
+    """Read and check an imatrix against the model's stock shapes: name -> float32 [ne0].
+
+    A CALIB file (`wan-export calibrate`) gives sum2 / count of the expert's layers and
+    must cover every block Linear of the model.
+    """
+    calib = _calib_file(path)
+    if calib is not None:
+        from wan_export.calibration.imatrix import importance
+
+        entries = importance(calib, shapes, expert, str(path))
+        return _checked(entries, shapes, path)
     reader = next((r for suffix, r in READERS.items() if str(path).endswith(suffix)), None)
     if reader is None:
         raise BadInputError("unknown imatrix format (expected .gguf from llama-imatrix or .safetensors)", path)
     try:
-        entries = reader(str(path))
+        entries = reader(str(path), expert)
     except BadInputError as e:
         raise BadInputError(e.message, path) from None
+    return _checked(entries, shapes, path)
+
+
+def _checked(entries: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], path: str) -> dict[str, np.ndarray]:
     problems = []
     for name, v in entries.items():
         if name not in shapes:
