@@ -59,13 +59,13 @@ def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
     return (idx + 8 * (v < 0)).to(torch.uint8)
 
 
+_VALUES = {"int4": torch.tensor([float(i) for i in range(8)] + [float(i - 16) for i in range(8, 16)]),
+           "nvfp4": torch.cat([_E2M1, -_E2M1])}
+
+
 def code_values(codes: torch.Tensor, prec: Precision) -> torch.Tensor:
     """Nibble codes -> float32 values (INT4 two's complement, or E2M1)."""
-    c = codes.to(torch.int64)
-    if prec.name == "int4":
-        return (c - 16 * (c >= 8)).to(torch.float32)
-    mag = _E2M1[c & 7]
-    return torch.where(c >= 8, -mag, mag)
+    return _VALUES[prec.name][codes.to(torch.int32)]
 
 
 def quantize_groups(x: torch.Tensor, prec: Precision, scale_dtype: torch.dtype,
@@ -152,11 +152,12 @@ class W4A4Layer:
     def rank(self) -> int:
         return self.down.shape[1]
 
-    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The logical math on x [..., K] (x in the compute dtype)."""
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None, acts=None) -> torch.Tensor:
+        """The logical math on x [..., K] (x in the compute dtype); `acts` may pass in
+        `quantize_activations(x, self.smooth)` when several layers share the smoothing."""
         shape, k = x.shape, x.shape[-1]
         x2 = x.reshape(-1, k)
-        a_codes, a_scales = quantize_activations(x2, self.smooth, self.prec)
+        a_codes, a_scales = acts if acts is not None else quantize_activations(x2, self.smooth, self.prec)
         y = w4a4_gemm(a_codes, a_scales, self.codes, self.wscales, self.prec, self.wcscales, self.wtscale)
         lora_scales = [1.0] * math.ceil(self.rank / 16)
         y = epilogue(y, lowrank_down(x2, self.down), self.up, self.bias, lora_scales,
