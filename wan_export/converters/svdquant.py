@@ -154,19 +154,19 @@ def _round(v):
     return round(v, 6) if isinstance(v, float) else v
 
 
-def make_config(precision: str, rank: int, smooth, gptq: bool, compute_dtype: str):
+def make_config(precision: str, rank: int, smooth, gptq: bool, compute_dtype: str, path: str | None = None):
     from wan_export.quantizers.svdquant import SVDQuantConfig
 
     if smooth not in (None, "auto"):
         try:
             smooth = float(smooth)
         except ValueError:
-            raise BadInputError(f"--smooth must be 'auto' or an alpha in [0, 1], got {smooth!r}") from None
+            raise BadInputError(f"--smooth must be 'auto' or an alpha in [0, 1], got {smooth!r}", path) from None
     try:
         return SVDQuantConfig(precision=precision, rank=rank, smooth=smooth or "auto", gptq=gptq,
                               compute_dtype=compute_dtype)
     except ValueError as e:
-        raise BadInputError(str(e)) from None
+        raise BadInputError(str(e), path) from None
 
 
 def _check_calib(calib, targets: list[Target], expert: str | None, cfg, path: str) -> None:
@@ -234,10 +234,13 @@ def plan_svdquant(src: str, calib_path: str | None, cfg, exclude_blocks: str | N
 
     if not calib_path:
         raise BadInputError("--calib is required: SVDQuant's smoothing and low-rank search work on the "
-                            "layers' activation statistics (wan-export calibrate --save-activations N)")
+                            "layers' activation statistics (wan-export calibrate --save-activations N)", src)
     if not os.path.isfile(calib_path):
         raise BadInputError("no such calibration file", calib_path)
-    exclude = parse_exclude(exclude_blocks)
+    try:
+        exclude = parse_exclude(exclude_blocks)
+    except BadInputError as e:
+        raise BadInputError(e.message, src) from None
     rel = open_input(src)
     plan = plan_folder(rel)
     calib = open_calib(calib_path)
@@ -282,7 +285,7 @@ def convert(src: str, calib: str | None, output: str | None = None, *, precision
     from wan_export.converters.diffusers import write_folder, write_json
     from wan_export.release import open_input
 
-    cfg = make_config(precision, rank, smooth, gptq, compute_dtype)
+    cfg = make_config(precision, rank, smooth, gptq, compute_dtype, src)
     plan, jobs, summary = plan_svdquant(src, calib, cfg, exclude_blocks)
     transformer_only = summary["layout"] != "pipeline"
     output = output or default_output(open_input(src).variant, cfg, transformer_only)
