@@ -59,6 +59,41 @@ def output_options(f):
     return json_option(f)
 
 
+def quant_options(choices):
+    """--quant, --calib, --act-calib, --rounding, --exclude-blocks, --tensor-type, --dry-run (quantized writers)."""
+    def deco(f):
+        f = click.option("--dry-run", is_flag=True, help="Plan and list what would be written; write nothing.")(f)
+        f = click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=FORMAT",
+                         help="Override the format of matching tensors: fp8, nvfp4, mxfp8 or bf16 "
+                              "(unquantized); first match wins, in front of the built-in rules.")(f)
+        f = click.option("--exclude-blocks", default=None, metavar="first:N,last:M",
+                         help="Keep the first N / last M blocks unquantized (ModelOpt keeps 3 and 3).")(f)
+        f = click.option("--rounding", type=click.Choice(["nearest", "gptq"]), default="nearest", show_default=True,
+                         help="Weight rounding; gptq needs CALIB input_sample rows and never does worse "
+                              "than nearest on a layer.")(f)
+        f = click.option("--act-calib", default="max", show_default=True, metavar="max|percentile:P|mse",
+                         help="How input_scale is derived from CALIB statistics.")(f)
+        f = click.option("--calib", default=None, metavar="CALIB",
+                         help="Calibration file from `wan-export calibrate`: stores input_scale per layer.")(f)
+        return click.option("--quant", default=None, metavar="|".join(choices),
+                            help=f"Quantize the DiT's block Linears: {', '.join(choices)}.")(f)
+    return deco
+
+
+def quant_request(quant, layout, calib, act_calib, rounding, exclude_blocks, tensor_types):
+    """The QuantRequest of the options above, or None without --quant."""
+    from wan_export.converters.quant_plan import QuantRequest
+    from wan_export.errors import BadInputError
+    from wan_export.quantizers.policy import parse_exclude_blocks, parse_overrides
+
+    if quant is None:
+        if calib or tensor_types or exclude_blocks or rounding != "nearest":
+            raise BadInputError("--calib, --rounding, --exclude-blocks and --tensor-type need --quant")
+        return None
+    return QuantRequest(quant, layout, calib, act_calib, rounding, parse_exclude_blocks(exclude_blocks),
+                        parse_overrides(tensor_types))
+
+
 def emit(result: dict, as_json: bool, text: str | None = None) -> None:
     """Print a command's result: JSON on stdout with --json, else the text form."""
     if as_json:
@@ -194,8 +229,10 @@ def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite,
               help="Cast every float tensor (default: keep each tensor's source dtype).")
 @click.option("--flow-shift", type=float, default=None,
               help="Scheduler shift (default: the official one of the variant; Wan uses 3.0 for I2V at 480p).")
+@quant_options(("fp8", "nvfp4"))
 @output_options
-def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
+def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json, quant, calib, act_calib, rounding,
+              exclude_blocks, tensor_types, dry_run):
     """Write a diffusers pipeline folder from SRC, loadable offline with DiffusionPipeline.
 
     SRC is an official release folder (A14B too), a diffusers folder or a DiT
@@ -208,12 +245,22 @@ def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
     Examples:
       wan-export diffusers Wan2.1-T2V-1.3B/
       wan-export diffusers Wan2.2-T2V-A14B/ --dtype bf16 -o Wan2.2-T2V-A14B-Diffusers
+      wan-export diffusers Wan2.2-T2V-A14B/ --quant fp8 --calib calib.safetensors --exclude-blocks first:3,last:3
+
+    --quant writes ModelOpt's HF export layout (weight, weight_scale, weight_scale_2,
+    input_scale; quantization_config in transformer/config.json), as NVIDIA's
+    Wan2.2-T2V-A14B-Diffusers-FP8; default output name gets -FP8 / -NVFP4.
     """
     from wan_export.converters.diffusers import convert, render_text
+    from wan_export.converters.quant_report import render_quant_text
 
+    req = quant_request(quant, "modelopt", calib, act_calib, rounding, exclude_blocks, tensor_types)
     result = convert(src, output, dtype=dtype, overwrite=overwrite, flow_shift=flow_shift,
-                     progress=progress(quiet or as_json))
-    emit(result, as_json, render_text(result))
+                     progress=progress(quiet or as_json), quant=req, dry_run=dry_run)
+    text = render_text(result) if req is None and not dry_run else "\n".join(
+        [f"{'planned' if dry_run else 'wrote'} {result['output']} ({result['class']}, {result['variant']})",
+         render_quant_text({**result, "files": []})])
+    emit(result, as_json, text)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -224,8 +271,10 @@ def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
               show_default=True, help="Which file(s) to write.")
 @click.option("--checkpoint", is_flag=True,
               help="One all-in-one file (DiT + VAE + UMT5) for ComfyUI's checkpoints/ folder.")
+@quant_options(("fp8", "nvfp4", "mxfp8", "fp8-legacy"))
 @output_options
-def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json):
+def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json, quant, calib, act_calib,
+            rounding, exclude_blocks, tensor_types, dry_run):
     """Write the ComfyUI files of SRC: diffusion_models/, vae/ and text_encoders/.
 
     DiT: stock names, bare, shards merged (A14B: one file per expert). VAE: bare
@@ -239,12 +288,21 @@ def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json
       wan-export comfyui Wan2.1-T2V-1.3B/ --dtype bf16 -o comfy/
       wan-export comfyui Wan2.2-T2V-A14B/ --component dit --dtype fp16
       wan-export comfyui diffusion_pytorch_model.safetensors -o wan.safetensors
-    """
-    from wan_export.converters.comfyui import convert, render_text
+      wan-export comfyui Wan2.1-T2V-1.3B/ --component dit --quant fp8 --calib calib.safetensors
 
+    --quant writes ComfyUI's per-layer quantized layers (`.comfy_quant`, weight_scale,
+    weight_scale_2, input_scale) or the legacy scaled_fp8 form (fp8-legacy, e4m3fn);
+    the UMT5 text encoder is written in fp8 too. Without --calib the file is weight-only.
+    """
+    from wan_export.converters.comfyui import convert
+    from wan_export.converters.quant_report import render_quant_text
+    from wan_export.converters.stock import render_text
+
+    req = quant_request(quant, "comfy", calib, act_calib, rounding, exclude_blocks, tensor_types)
     result = convert(src, output, dtype=dtype, component=component, checkpoint=checkpoint,
-                     overwrite=overwrite, digests=as_json, progress=progress(quiet or as_json))
-    emit(result, as_json, render_text(result))
+                     overwrite=overwrite, digests=as_json, progress=progress(quiet or as_json),
+                     quant=req, dry_run=dry_run)
+    emit(result, as_json, render_quant_text(result) if req or dry_run else render_text(result))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -437,6 +437,9 @@ def validate_comfyui(path: str, against: str, **opts) -> Report:
     """Check PATH with ComfyUI's loader rules and run reference-model parity against AGAINST."""
     sf = SafetensorsFile(path)
     rel = open_input(against)
+    from wan_export.validators.comfyui_quant import is_quantized, validate_quantized
+    if is_quantized(sf):          # quantized DiT: ComfyUI's mixed-precision loading (comfyui_quant.py)
+        return validate_quantized(sf, rel, path, against)
     kind = _loader({i.name for i in sf.infos()})
     loader, check = LOADERS[kind]
     report = Report(artifact=str(path), against=str(against), format="comfyui")

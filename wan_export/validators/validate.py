@@ -58,6 +58,11 @@ def _is_nunchaku_lite(p: str) -> bool:
     return False
 
 
+def _is_modelopt(p: str) -> bool:
+    from wan_export.validators.modelopt import is_modelopt
+    return is_modelopt(p)
+
+
 def _is_safetensors(p: str) -> bool:
     return p.endswith(".safetensors")
 
@@ -68,6 +73,8 @@ ARTIFACTS = (
     ("trt", _is_trt, "wan_export.validators.trt:validate_trt"),
     ("onnx", _is_onnx, "wan_export.validators.onnx:validate_onnx"),
     ("svdquant", _is_nunchaku_lite, "wan_export.validators.svdquant:validate_svdquant"),
+    ("diffusers-modelopt", lambda p: _is_diffusers(p) and _is_modelopt(p),
+     "wan_export.validators.modelopt:validate_modelopt"),
     ("diffusers", _is_diffusers, "wan_export.validators.diffusers_loader:validate_diffusers"),
     ("comfyui", _is_safetensors, "wan_export.validators.comfyui:validate_comfyui"),
 )
