@@ -57,3 +57,13 @@ def test_fixed_alpha_without_sample_uses_weight_objective():
 def test_config_refuses(kwargs, text):
     with pytest.raises(ValueError, match=text.replace("[", r"\[").replace("]", r"\]")):
         SVDQuantConfig(**kwargs)
+
+
+def test_gptq_on_the_residual_does_not_hurt():
+    w, b, x = _outlier_layer(256, 256, 128)
+    base = SVDQuantConfig(smooth=0.5, lowrank_iters=1)
+    _, plain_stats = quantize_linear(w, b, base, x)
+    layer, stats = quantize_linear(w, b, SVDQuantConfig(smooth=0.5, lowrank_iters=1, gptq=True), x)
+    assert stats["error"] <= plain_stats["error"] * 1.02
+    values = residual_value(layer) / layer.wscales.float().repeat_interleave(64, dim=1).clamp_min(1e-30)
+    assert torch.equal(values, values.round())          # still on the INT4 grid of the stored scales
