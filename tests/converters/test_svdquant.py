@@ -26,14 +26,14 @@ _CACHE: dict = {}
 def svdq(tiny_release, tmp_path_factory):
     """svdq(variant, precision="int4", smooth="0.5") -> (release, calib, folder)."""
     from wan_export.converters.svdquant import convert
-    from wan_export.quantizers.svdquant_calib import write_random_calib
+    from wan_export.quantizers.calib_synthetic import write_synthetic_calib
 
     def make(variant: str, precision: str = "int4", smooth: str = "0.5"):
         key = (variant, precision, smooth)
         if key not in _CACHE:
             rel = tiny_release(variant)
             tmp = tmp_path_factory.mktemp("svdq")
-            calib = write_random_calib(rel, str(tmp / "calib.safetensors"), rows=32, calls=1)
+            calib = write_synthetic_calib(rel, str(tmp / "calib.safetensors"), save_activations=32)
             out = str(tmp / "out")
             convert(rel, calib, out, precision=precision, smooth=smooth)
             _CACHE[key] = (rel, calib, out)
@@ -105,10 +105,10 @@ def test_format_matches_svdqw4a4linear(svdq):
 
 
 def test_cli_dit_file_dry_run_exclude_and_same_bytes(tiny_dit_file, runner, tmp_path):
-    from wan_export.quantizers.svdquant_calib import write_random_calib
+    from wan_export.quantizers.calib_synthetic import write_synthetic_calib
 
     src = tiny_dit_file("wan2.1-t2v-1.3b")
-    calib = write_random_calib(src, str(tmp_path / "calib.safetensors"), rows=16, calls=1)
+    calib = write_synthetic_calib(src, str(tmp_path / "calib.safetensors"), save_activations=16)
     args = ["svdquant", src, "--calib", calib, "--smooth", "0.5", "--rank", "16", "--exclude-blocks", "1", "--json"]
     dry = runner.invoke(cli, args + ["-o", str(tmp_path / "dry"), "--dry-run"])
     assert dry.exit_code == 0, dry.output

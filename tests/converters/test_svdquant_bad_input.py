@@ -16,11 +16,11 @@ pytest.importorskip("diffusers")
 def dit_and_calibs(tiny_dit_file, tmp_path_factory):
     """(DiT file, CALIB with samples, CALIB without samples)."""
     from wan_export.calibration import calibfile
-    from wan_export.quantizers.svdquant_calib import write_random_calib
+    from wan_export.quantizers.calib_synthetic import write_synthetic_calib
 
     src = tiny_dit_file("wan2.1-t2v-1.3b")
     tmp = tmp_path_factory.mktemp("svdq_bad")
-    full = write_random_calib(src, str(tmp / "calib.safetensors"), rows=8, calls=1)
+    full = write_synthetic_calib(src, str(tmp / "calib.safetensors"), save_activations=8)
     c = calibfile.read_calib(full)
     tensors = [(i.name, np.array(c._file.read(i.name))) for i in c._file.infos()
                if not i.name.endswith(".input_sample")]

@@ -1,20 +1,14 @@
 """What SVDQuant reads from a CALIB file, and a small CALIB maker for tests and the demo.
 
-`layer_inputs` is the one place SVDQuant reads calibration (through the lead's
+`layer_inputs` is the one place SVDQuant reads calibration (through
 `wan_export.calibration.calibfile.read_calib`): one Linear's activation sample and
 per-channel amax, on demand, so only one layer's sample is in memory at a time.
-`write_random_calib` runs the reference DiT(s) of a (tiny) release on a few random
-inputs with the calibration recorder's hooks and writes a CALIB with activation
-samples: a stand-in for `wan-export calibrate` where no sampler run is wanted.
+`ensure_calib` gives the demo a CALIB with activation samples (random-input reference
+forwards through `quantizers.calib_synthetic`) unless one is already there.
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
-
-# stock DiT slot -> CALIB expert prefix
-EXPERT_PREFIX = {"dit": None, "dit.high_noise": "high_noise_model", "dit.low_noise": "low_noise_model"}
 
 
 def open_calib(path: str):
@@ -40,45 +34,14 @@ def calib_provenance(calib) -> dict:
     return {k: calib.meta[k] for k in keep if k in calib.meta}
 
 
-def _source_digest(rel) -> str:
-    h = hashlib.sha256()
-    for slot, comp in sorted(rel.dits.items()):
-        for info in sorted(comp.table.infos(), key=lambda i: i.name):
-            h.update(f"{slot}\0{info.name}\0{info.dtype}\0{list(info.shape)}\0".encode())
-            h.update(memoryview(np.ascontiguousarray(comp.table.read(info.name)).reshape(-1).view(np.uint8)))
-    return h.hexdigest()
+def ensure_calib(src: str, output: str, rows: int = 64) -> str:
+    """The demo's CALIB: keep one already at `output` (e.g. from a calibrate step), else write one
+    from random-input reference forwards (quantizers.calib_synthetic) with activation samples."""
+    import os
 
+    from wan_export.quantizers.calib_synthetic import write_synthetic_calib
 
-def write_random_calib(src: str, output: str, *, rows: int = 128, seed: int = 0, calls: int = 2) -> str:
-    """CALIB for SRC's DiT(s) from `calls` random reference forwards, `rows` sampled rows per Linear."""
-    import torch
-
-    from wan_export.calibration import calibfile
-    from wan_export.calibration.recorder import Recorder
-    from wan_export.calibration.run import calib_tensors
-    from wan_export.calibration.stats import LayerStats
-    from wan_export.model.dit import load_dit
-    from wan_export.release import open_input
-    from wan_export.validators.parity import DiTCase, dit_inputs, torch_state
-
-    rel = open_input(src)
-    slots = {EXPERT_PREFIX[s] or "dit": c for s, c in sorted(rel.dits.items())}
-    dits = {slot: load_dit(torch_state(c.table), c.config) for slot, c in slots.items()}
-    cfg = next(iter(slots.values())).config
-    case = DiTCase(1, 2, 4, 6, 512 if cfg.image_branch else 24)
-    recorder = Recorder(dits, rows_per_call=rows, attention=True)
-    with recorder.active(), torch.no_grad():
-        recorder.begin_prompt()
-        for i in range(calls):
-            for dit in dits.values():
-                dit(**dit_inputs(cfg, case, seed=seed + i))
-        total = recorder.end_prompt()
-    for s in total.values():
-        if isinstance(s, LayerStats):
-            s.thin(rows)
-    meta = {"source_sha256": _source_digest(rel), "variant": rel.variant.name if rel.variant else None,
-            "layers": recorder.layer_names, "num_prompts": 0, "steps": calls, "seed": seed,
-            "inputs": f"random DiT inputs ({calls} forwards of {case.label})",
-            "experts": [s for s in dits if s != "dit"], "activation_rows": rows}
-    calibfile.write_calib(output, calib_tensors(total, recorder.layer_names), meta)
+    if not os.path.isfile(output):
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        write_synthetic_calib(src, output, save_activations=rows)
     return output
