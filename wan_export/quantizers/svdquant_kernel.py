@@ -213,7 +213,8 @@ class EmulatedOps:
         codes, scales = quantize_activations(x, pack.unpack_scales(smooth), prec)
         qx.zero_()
         qx[:m] = _nibbles_to_bytes(codes)
-        ascales.view(torch.uint8).zero_() if ascales.dtype == torch.float8_e4m3fn else ascales.zero_()
+        raw = ascales.view(torch.uint8) if ascales.dtype == torch.float8_e4m3fn else ascales   # fp8 has no zero_
+        raw.zero_()
         ascales[:, :m] = scales.t().to(ascales.dtype)
         lora_act.zero_()
         lora_act[:m] = lowrank_down(x, pack.unpack_lowrank(proj_down, down=True))
