@@ -100,7 +100,7 @@ def fidelity(args) -> None:
     per_layer = []
     for blk in range(args.blocks):
         for i, name in enumerate(LAYERS):
-            if name not in FIDELITY_LAYERS:
+            if name not in args.layers.split(","):
                 continue
             n, k = layer_shape(name, dim, ffn)
             w, b, xs, xe = make_layer(n, k, seed=1000 * blk + i)
@@ -113,15 +113,16 @@ def fidelity(args) -> None:
                 elif rank is None:
                     out = plain_w4a4(w, b, SVDQuantConfig(precision=prec)).forward(xe16, torch.float32)
                 else:
+                    t = time.perf_counter()
                     layer, _ = quantize_linear(w, b, SVDQuantConfig(precision=prec, rank=rank), xs)
+                    row[f"{m} seconds"] = round(time.perf_counter() - t, 1)
                     out = layer.forward(xe16, torch.float32)
                 acc[m].add(ref, out)
                 a = Acc()
                 a.add(ref, out)
-                row[m] = a.rel()
+                row[m] = round(a.rel(), 4)
             per_layer.append(row)
-            print(f"  {row['layer']}: " + ", ".join(f"{m} {v:.4f}" for m, v in row.items() if m != "layer"),
-                  flush=True)
+            print(f"  {row}", flush=True)
     print("\n| method | rel-L2 | cosine | vs plain W4A4 (same precision) |\n|---|---|---|---|")
     for m, (prec, rank) in methods.items():
         base = acc.get(f"plain W4A4 {prec}") if prec else None
@@ -152,7 +153,7 @@ def speed(args) -> None:
               f"{SVDQuantConfig().threads or 'all'}:")
         print("| layer | [N, K] | seconds |\n|---|---|---|")
         for i, name in enumerate(LAYERS):
-            if name not in SPEED_LAYERS:
+            if name not in SPEED_LAYERS or name not in args.layers.split(","):
                 continue
             n, k = layer_shape(name, dim, ffn)
             w, b, xs, _ = make_layer(n, k, seed=i)
@@ -169,6 +170,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--14b", dest="big", action="store_true")
     ap.add_argument("--ranks", default="16,32,64")
+    ap.add_argument("--layers", default=",".join(FIDELITY_LAYERS), help="comma-separated stock Linear names")
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--fidelity-only", action="store_true")
     ap.add_argument("--only", action="store_true", help="speed: only the chosen shape")

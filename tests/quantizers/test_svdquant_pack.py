@@ -89,3 +89,22 @@ def test_emulated_diffusers_layer_equals_logical_math(name):
         m.load_state_dict(layer.packed(), strict=True)
         y = m(x)
     assert y.dtype == torch.bfloat16 and torch.equal(y, layer.forward(x))
+
+
+def test_row_major_nibbles_load_cleanly_but_compute_noise():
+    """The packing rule diffuse-compressor warns about: a logical-order qweight has the right shape and
+    dtype, loads, and is wrong; the layer check of the validator sees it."""
+    pytest.importorskip("diffusers")
+    from wan_export.validators.svdquant_kernels import emulated_nunchaku
+
+    layer = _layer("int4")
+    t = layer.packed()
+    c = layer.codes
+    t["qweight"] = (c[:, 0::2] | (c[:, 1::2] << 4)).view(torch.int8)      # row-major nibbles, not tiles
+    x = torch.randn(64, 384, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    with emulated_nunchaku() as utils:
+        m = utils.SVDQW4A4Linear(384, 256, rank=32, torch_dtype=torch.bfloat16)
+        m.load_state_dict(t, strict=True)
+        y = m(x).float()
+    good = layer.forward(x).float()
+    assert float((y - good).norm() / good.norm()) > 0.5
