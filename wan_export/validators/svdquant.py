@@ -231,7 +231,7 @@ def check_transformer(report, slot: str, model, comp, qraw: dict) -> None:
     report.add(f"{label} DiT output vs fp32 reference {case.label}", m, Tolerance(**OUTPUT_TOLERANCE[qcfg.precision]),
                note="diffusers' Nunchaku Lite model, emulated W4A4 kernel")
     report.add(f"{label} DiT output vs plain W4A4 (rel-L2 bound = plain's x {VS_PLAIN_RATIO})", m,
-               Tolerance(max_rel_l2=mp["rel_l2"] * VS_PLAIN_RATIO),
+               Tolerance(max_rel_l2=float(f"{mp['rel_l2'] * VS_PLAIN_RATIO:.4g}")),
                note=f"plain W4A4 (RTN, no smoothing, no branch): rel-L2 {mp['rel_l2']:.4g}, cosine {mp['cosine']:.5f}")
     report.add(f"{label} emulated kernel vs logical math ({len(stock)} layers)", exact.metrics(),
                Tolerance(max_abs=0.0))
