@@ -543,6 +543,45 @@ def cost(src, variant, size, frames, steps, cfg, batch, fmt, shift, gpu, peak_tf
     emit(report, as_json, render_text(report))
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("src")
+@click.option("--calib", default=None, help="CALIB file (wan-export calibrate; --smooth auto needs "
+              "--save-activations samples).")
+@click.option("--precision", default="int4", show_default=True, help="Residual format: int4 (group 64, 16-bit "
+              "scales; Turing-Ada GPUs) or nvfp4 (group 16, FP8 micro-scales; Blackwell).")
+@click.option("--rank", default=32, show_default=True, type=int, help="Rank of the 16-bit branch (multiple of 16).")
+@click.option("--smooth", default="auto", show_default=True,
+              help="auto: search (alpha, beta) per layer on the activation sample; or a fixed alpha in [0, 1].")
+@click.option("--gptq", is_flag=True, help="Quantize the residual with GPTQ on the activation sample.")
+@click.option("--exclude-blocks", default=None, metavar="LIST",
+              help="Blocks kept 16-bit: e.g. 0,38-39,vace_blocks.0.")
+@click.option("--compute-dtype", type=click.Choice(["bfloat16", "float16"]), default="bfloat16",
+              show_default=True, help="Runtime dtype of the quantized model (and its 16-bit tensors).")
+@click.option("--dry-run", is_flag=True, help="Check everything and print the plan; write nothing.")
+@output_options
+def svdquant(src, calib, precision, rank, smooth, gptq, exclude_blocks, compute_dtype, dry_run, output,
+             overwrite, quiet, as_json):
+    """SVDQuant W4A4 of SRC's DiT as a diffusers Nunchaku Lite folder.
+
+    Smooths each block Linear's input channels, keeps a rank-r 16-bit branch from
+    the SVD of the smoothed weight and stores the residual in 4 bits, packed as
+    diffusers' SVDQW4A4Linear loads it (quantization_config nunchaku_lite). Writes
+    a pipeline folder, or a transformer folder when SRC has only a DiT (A14B: both
+    experts). Check it with `wan-export validate DIR --against SRC`.
+
+    \b
+    Examples:
+      wan-export svdquant Wan2.1-T2V-14B/ --calib calib.safetensors
+      wan-export svdquant Wan2.2-T2V-A14B/ --calib calib.safetensors --precision nvfp4 --rank 64 -o out/
+    """
+    from wan_export.converters.svdquant import convert, render_text
+
+    result = convert(src, calib, output, precision=precision, rank=rank, smooth=smooth, gptq=gptq,
+                     exclude_blocks=exclude_blocks, compute_dtype=compute_dtype, overwrite=overwrite,
+                     dry_run=dry_run, progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
 # -- commands above --
 
 

@@ -45,6 +45,14 @@ STEPS: tuple[tuple[str, str, dict], ...] = (
     ("onnx-dit", "wan_export.converters.onnx_export:export_onnx",
      {"src": "{src}", "output": "{out}/onnx", "component": "dit"}),
     ("validate-onnx", "wan_export.validators.validate:validate", {"path": "{out}/onnx", "against": "{src}"}),
+    # SVDQuant needs a CALIB with activation samples at {out}/calib.safetensors; svdq-calib writes one from
+    # random-input forwards unless a calibrate step already did
+    ("svdq-calib", "wan_export.quantizers.svdquant_calib:ensure_calib",
+     {"src": "{src}", "output": "{out}/calib.safetensors"}),
+    ("svdquant-int4", "wan_export.converters.svdquant:convert",
+     {"src": "{src}", "calib": "{out}/calib.safetensors", "output": "{out}/svdquant-int4", "smooth": "0.5"}),
+    ("validate-svdquant", "wan_export.validators.validate:validate",
+     {"path": "{out}/svdquant-int4", "against": "{src}"}),
 )
 
 

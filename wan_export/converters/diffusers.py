@@ -46,6 +46,7 @@ class Part:
     src_dtypes: dict[str, str] = field(default_factory=dict)
     source: str = ""
     jsons: dict[str, dict] = field(default_factory=dict)     # side files, e.g. the image processor
+    metadata: dict = field(default_factory=lambda: dict(SAFETENSORS_METADATA))   # each file's __metadata__
 
     @property
     def out_dtype(self) -> str:
@@ -238,7 +239,7 @@ def write_folder(plan: FolderPlan, root: str, progress=null) -> list[str]:
             folder = os.path.join(root, part.folder)
             write_json(os.path.join(folder, "config.json"), part.config)
             written = write_sharded(folder, part.stem, part.plan, part.src_dtypes, max_bytes=part.shard_bytes,
-                                    source_path=part.source, metadata=SAFETENSORS_METADATA, progress=update)
+                                    source_path=part.source, metadata=part.metadata, progress=update)
             files += [os.path.join(part.folder, n) for n in ["config.json", *written]]
     for rel_path, obj in plan.jsons.items():
         write_json(os.path.join(root, rel_path), obj)

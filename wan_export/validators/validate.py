@@ -41,6 +41,23 @@ def _is_diffusers(p: str) -> bool:
     return False
 
 
+def _is_nunchaku_lite(p: str) -> bool:
+    """A diffusers folder whose transformer config declares quant_method nunchaku_lite (SVDQuant W4A4)."""
+    if not _is_diffusers(p):
+        return False
+    for sub in ("", "transformer"):
+        cfg = os.path.join(p, sub, "config.json")
+        if os.path.isfile(cfg):
+            try:
+                with open(cfg, encoding="utf-8") as f:
+                    q = json.load(f).get("quantization_config") or {}
+            except (OSError, ValueError):
+                return False
+            if isinstance(q, dict) and q.get("quant_method") == "nunchaku_lite":
+                return True
+    return False
+
+
 def _is_modelopt(p: str) -> bool:
     from wan_export.validators.modelopt import is_modelopt
     return is_modelopt(p)
@@ -55,6 +72,7 @@ ARTIFACTS = (
     ("gguf", _is_gguf, "wan_export.validators.gguf:validate_gguf"),
     ("trt", _is_trt, "wan_export.validators.trt:validate_trt"),
     ("onnx", _is_onnx, "wan_export.validators.onnx:validate_onnx"),
+    ("svdquant", _is_nunchaku_lite, "wan_export.validators.svdquant:validate_svdquant"),
     ("diffusers-modelopt", lambda p: _is_diffusers(p) and _is_modelopt(p),
      "wan_export.validators.modelopt:validate_modelopt"),
     ("diffusers", _is_diffusers, "wan_export.validators.diffusers_loader:validate_diffusers"),
