@@ -113,7 +113,8 @@ def inspect(path, no_scan, as_json, quiet):
 @click.argument("path")
 @click.option("--against", required=True, help="The source checkpoint (file or release folder).")
 @click.option("--report", "report_path", type=click.Path(), default=None,
-              help="Write the report here (.json for JSON, anything else for Markdown).")
+              help="Write the report here (.json for JSON, .html for a self-contained page with plots, "
+                   "anything else for Markdown).")
 @json_option
 def validate(path, against, report_path, as_json):
     """Load artifact PATH through its real consumer and compare against SRC.
@@ -303,6 +304,52 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
     result = export_onnx(src, output, component=component, dtype=dtype, opset=opset, exporter=exporter,
                          overwrite=overwrite, progress=progress(quiet or as_json))
     emit(result, as_json, render_text(result))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("recipe", type=click.Path())
+@click.option("-o", "--output", "dist", default="dist", show_default=True, type=click.Path(),
+              help="Release folder (DIST): artifacts, manifest.json, SHA256SUMS, README.md, report.*.")
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Run only this artifact's job (repeatable); merge job folders later with --collect.")
+@click.option("--collect", "collect_dirs", multiple=True, metavar="DIR",
+              help="Merge the job outputs of --only runs (repeatable) into DIST and write the release files.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print the job graph (JSON with --json) and a GitHub Actions matrix, with dry-run sizes.")
+@click.option("--dry-run", is_flag=True, help="List every file, tensor, type and size; write nothing.")
+@click.option("--resume", is_flag=True, help="Skip artifacts whose input hashes and files match DIST's records.")
+@click.option("--source", default=None, type=click.Path(), help="Source release (overrides the recipe's [source]).")
+@click.option("-j", "--jobs", type=int, default=0, show_default=True, help="Worker processes for quantizers (0: every core).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@json_option
+def release(recipe, dist, only, collect_dirs, plan_only, dry_run, resume, source, jobs, quiet, as_json):
+    """Build, validate and publish every artifact of a release RECIPE (TOML, see recipes/).
+
+    Writes DIST/<artifact>/ for each artifact, manifest.json (sha256 of every file,
+    options, validation summary, input hashes), SHA256SUMS, README.md (Hugging Face
+    model card) and report.html/.md/.json. Exit 0: every gate passed; 1: a gate
+    failed (everything is still written, failed artifacts marked); 2: bad recipe.
+
+    \b
+    Examples:
+      wan-export release recipes/demo.toml -o dist
+      wan-export release recipes/wan2.1-t2v-14b.toml --plan --json
+      wan-export release recipes/wan2.1-t2v-14b.toml --only gguf -o job-gguf
+      wan-export release recipes/wan2.1-t2v-14b.toml --collect job-gguf job-comfyui -o dist
+    """
+    from wan_export.release_pipeline import engine, plan
+
+    if plan_only or dry_run:
+        result = plan.plan(recipe, source=source, tensors=dry_run)
+        emit(result, as_json, plan.render_text(result, tensors=dry_run))
+        return
+    if collect_dirs:
+        result = engine.collect(recipe, collect_dirs, dist)
+    else:
+        result = engine.release(recipe, dist, only=only, source=source, jobs=jobs, resume=resume,
+                                progress=progress(quiet or as_json))
+    emit(result, as_json, plan.render_result(result))
+    engine.raise_if_failed(result)
 
 
 # -- commands above --

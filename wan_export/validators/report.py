@@ -104,10 +104,16 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self, path: str) -> None:
-        """Write JSON for *.json paths, Markdown otherwise (atomically)."""
+        """Write JSON for *.json paths, a self-contained HTML page (plots inline) for *.html,
+        Markdown otherwise (atomically)."""
         from wan_export.atomic import atomic_file
 
-        text = self.to_json() if str(path).endswith(".json") else self.to_markdown()
+        if str(path).endswith(".html"):
+            from wan_export.release_pipeline.report_html import single_model, to_html
+
+            text = to_html(single_model(json.loads(self.to_json())))
+        else:
+            text = self.to_json() if str(path).endswith(".json") else self.to_markdown()
         with atomic_file(path, "w") as f:
             f.write(text)
 
@@ -120,8 +126,8 @@ class Report:
 
 
 def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
+    if hasattr(o, "tolist"):          # numpy arrays and scalars (e.g. sampling preview frames)
+        return o.tolist()
     return str(o)
 
 
