@@ -29,6 +29,7 @@ class Format:
     consumers: tuple[str, ...] = ()     # modelcard.USAGE sections
     library: str = "diffusers"          # model card library_name
     quant: tuple[str, ...] = field(default=())   # quant values the schema accepts
+    validator: str | None = None        # "module:function" instead of validators.validate.validate
 
 
 def _comfyui(src, folder, o, ctx):
@@ -85,7 +86,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
             "quant": Opt("str", "quantized weights (comfy_quant layout)", choices=COMFY_QUANT)},
            _comfyui, "wan_export.dryrun:comfyui", ".safetensors", ("comfyui",), "comfyui", COMFY_QUANT),
     Format("stock", "the official Wan release layout", {"dtype": DTYPE}, _stock, "wan_export.dryrun:stock",
-           "folder", ("wan",), "diffusers"),
+           "folder", ("wan",), "diffusers", validator="wan_export.validators.stock:validate_stock"),
     Format("diffusers", "a diffusers pipeline folder",
            {"dtype": DTYPE, "flow_shift": Opt("float", "scheduler shift (default: official)"),
             "quant": Opt("str", "quantized weights", choices=("fp8", "nvfp4"))},

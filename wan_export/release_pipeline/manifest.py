@@ -110,3 +110,20 @@ def write_sums(path: str, records: list[dict]) -> None:
     rows = sorted((f["path"], f["sha256"]) for r in records for f in r.get("files", []))
     with atomic_file(path, "w") as f:
         f.write("".join(f"{h}  {p}\n" for p, h in rows))
+
+
+def bounds_text(checks: list[dict]) -> str:
+    """Each stated bound with the worst measured value against it: 'rel_l2 0.0823 (bound 0.17)'."""
+    worst: dict[str, tuple] = {}
+    for c in checks:
+        for key, bound in (c.get("tolerance") or {}).items():
+            metric, margin = MARGINS[key]
+            value = (c.get("metrics") or {}).get(metric)
+            m = margin(float(value), float(bound)) if isinstance(value, (int, float)) else -1.0
+            if key not in worst or m > worst[key][0]:
+                worst[key] = (m, metric, value, bound)
+    parts = []
+    for key, (m, metric, value, bound) in sorted(worst.items()):
+        shown = f"{round_sig(value)}" if isinstance(value, (int, float)) else "not measured"
+        parts.append(f"{metric} {shown} (bound {bound:g})")
+    return ", ".join(parts)

@@ -15,7 +15,7 @@ from wan_export.errors import BadInputError
 from wan_export.release_pipeline import schema as S
 from wan_export.release_pipeline.formats import FORMATS
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
 _KEY = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
 
@@ -151,7 +151,7 @@ def _artifacts(c: _Checker, items, has_calibration: bool) -> list[dict]:
         checked = c.table(where, item, S.COMMON, opts)
         name = checked["name"]
         if not NAME_RE.match(name):
-            c.fail(where + ("name",), f"{name!r}: use lower-case letters, digits, '.', '_' and '-'")
+            c.fail(where + ("name",), f"{name!r}: use letters, digits, '.', '_' and '-'")
         if name in seen:
             c.fail(where + ("name",), f"duplicate artifact name {name!r} (first at artifact[{seen[name]}])")
         seen[name] = i

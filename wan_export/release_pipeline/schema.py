@@ -64,7 +64,7 @@ GATE = {
 
 # keys every artifact takes, whatever its format
 COMMON = {
-    "name": Opt("str", "unique artifact name: [a-z0-9._-], the folder in DIST and the job name", required=True),
+    "name": Opt("str", "unique artifact name: [A-Za-z0-9._-], the folder in DIST and the job name", required=True),
     "format": Opt("str", "an artifact format (table below)", required=True),
     "calibrated": Opt("bool", "built from the [calibration] statistics", default=False),
     "validate": Opt("bool", "validate and gate this artifact", default=True),
