@@ -67,6 +67,20 @@ def emit(result: dict, as_json: bool, text: str | None = None) -> None:
         click.echo(text)
 
 
+def dry_run_option(f):
+    return click.option("--dry-run", is_flag=True,
+                        help="List the files, tensors, types and sizes that would be written, and write nothing "
+                             "(SRC may be shapes:VARIANT, e.g. shapes:wan2.1-t2v-14b, for full-size shapes).")(f)
+
+
+def emit_dry_run(writer: str, src: str, as_json: bool, **options) -> None:
+    from wan_export import dryrun
+    from wan_export.meta_release import open_for_dry_run
+
+    rows = getattr(dryrun, writer)(open_for_dry_run(src), **options)
+    emit({"dry_run": True, "files": rows}, as_json, dryrun.render_text(rows))
+
+
 def progress(quiet: bool):
     """A progress factory for library calls: progress(total, label) -> context yielding update(n)."""
     from wan_export.progress import bar
@@ -168,8 +182,9 @@ def demo(output, variant, overwrite, as_json):
 @click.option("--float-type", type=click.Choice(["F16", "BF16", "F32"]), default=None,
               help="Type of the unquantized matrices (embeddings, head; default F16, or F32/BF16 for those types).")
 @click.option("-j", "--jobs", type=int, default=0, show_default=True, help="Worker processes (0: every core).")
+@dry_run_option
 @output_options
-def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite, quiet, as_json):
+def gguf(src, types, tensor_types, imatrix, float_type, jobs, dry_run, output, overwrite, quiet, as_json):
     """Write GGUF files for ComfyUI-GGUF and stable-diffusion.cpp from SRC's DiT.
 
     One file per type (and per expert for A14B), all from a single read of SRC.
@@ -181,6 +196,8 @@ def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite,
       wan-export gguf Wan2.1-T2V-14B/ --type Q4_K_M,Q8_0 -o gguf/
       wan-export gguf Wan2.2-T2V-A14B/ --type Q5_K_M --tensor-type 'ffn\\.2\\.weight$=Q6_K'
     """
+    if dry_run:
+        return emit_dry_run("gguf", src, as_json, types=types, tensor_types=tensor_types, float_type=float_type)
     from wan_export.converters.gguf import convert_gguf, render_text
 
     result = convert_gguf(src, output, types=types, tensor_types=tensor_types, imatrix=imatrix,
@@ -195,8 +212,9 @@ def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite,
               help="Cast every float tensor (default: keep each tensor's source dtype).")
 @click.option("--flow-shift", type=float, default=None,
               help="Scheduler shift (default: the official one of the variant; Wan uses 3.0 for I2V at 480p).")
+@dry_run_option
 @output_options
-def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
+def diffusers(src, dtype, flow_shift, dry_run, output, overwrite, quiet, as_json):
     """Write a diffusers pipeline folder from SRC, loadable offline with DiffusionPipeline.
 
     SRC is an official release folder (A14B too), a diffusers folder or a DiT
@@ -210,6 +228,8 @@ def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
       wan-export diffusers Wan2.1-T2V-1.3B/
       wan-export diffusers Wan2.2-T2V-A14B/ --dtype bf16 -o Wan2.2-T2V-A14B-Diffusers
     """
+    if dry_run:
+        return emit_dry_run("diffusers", src, as_json, dtype=dtype, flow_shift=flow_shift)
     from wan_export.converters.diffusers import convert, render_text
 
     result = convert(src, output, dtype=dtype, overwrite=overwrite, flow_shift=flow_shift,
@@ -225,8 +245,9 @@ def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json):
               show_default=True, help="Which file(s) to write.")
 @click.option("--checkpoint", is_flag=True,
               help="One all-in-one file (DiT + VAE + UMT5) for ComfyUI's checkpoints/ folder.")
+@dry_run_option
 @output_options
-def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json):
+def comfyui(src, dtype, component, checkpoint, dry_run, output, overwrite, quiet, as_json):
     """Write the ComfyUI files of SRC: diffusion_models/, vae/ and text_encoders/.
 
     DiT: stock names, bare, shards merged (A14B: one file per expert). VAE: bare
@@ -241,6 +262,8 @@ def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json
       wan-export comfyui Wan2.2-T2V-A14B/ --component dit --dtype fp16
       wan-export comfyui diffusion_pytorch_model.safetensors -o wan.safetensors
     """
+    if dry_run:
+        return emit_dry_run("comfyui", src, as_json, dtype=dtype, component=component, checkpoint=checkpoint)
     from wan_export.converters.comfyui import convert, render_text
 
     result = convert(src, output, dtype=dtype, component=component, checkpoint=checkpoint,
@@ -284,8 +307,9 @@ def stock(src, dtype, output, overwrite, quiet, as_json):
                    "parses <= 20; 23 emits Attention/RMSNormalization (TensorRT 10.15+).")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
               help="torch.onnx route; legacy (TorchScript) is faster but copies the weights (< 1 GiB only).")
+@dry_run_option
 @output_options
-def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_json):
+def onnx(src, component, dtype, opset, exporter, dry_run, output, overwrite, quiet, as_json):
     """Export SRC's DiT, VAE and UMT5 encoder to ONNX graphs with dynamic shapes.
 
     The DiT takes latents [B, C, F, H, W] (H, W even), timestep, context [B, L, 4096]
@@ -299,6 +323,8 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
       wan-export onnx Wan2.1-T2V-1.3B/ -o onnx/
       wan-export onnx Wan2.2-TI2V-5B/ --component vae-decoder --dtype fp16 -o vae-onnx/
     """
+    if dry_run:
+        return emit_dry_run("onnx", src, as_json, component=component, dtype=dtype)
     from wan_export.converters.onnx_export import export_onnx, render_text
 
     result = export_onnx(src, output, component=component, dtype=dtype, opset=opset, exporter=exporter,
@@ -308,12 +334,13 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("recipe", type=click.Path())
+@click.argument("collect_dirs", nargs=-1, type=click.Path(), metavar="[DIR...]")
 @click.option("-o", "--output", "dist", default="dist", show_default=True, type=click.Path(),
               help="Release folder (DIST): artifacts, manifest.json, SHA256SUMS, README.md, report.*.")
 @click.option("--only", "only", multiple=True, metavar="NAME",
               help="Run only this artifact's job (repeatable); merge job folders later with --collect.")
-@click.option("--collect", "collect_dirs", multiple=True, metavar="DIR",
-              help="Merge the job outputs of --only runs (repeatable) into DIST and write the release files.")
+@click.option("--collect", is_flag=True,
+              help="Merge the job outputs of --only runs (the DIR... arguments) into DIST and write the release files.")
 @click.option("--plan", "plan_only", is_flag=True,
               help="Print the job graph (JSON with --json) and a GitHub Actions matrix, with dry-run sizes.")
 @click.option("--dry-run", is_flag=True, help="List every file, tensor, type and size; write nothing.")
@@ -322,7 +349,7 @@ def onnx(src, component, dtype, opset, exporter, output, overwrite, quiet, as_js
 @click.option("-j", "--jobs", type=int, default=0, show_default=True, help="Worker processes for quantizers (0: every core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @json_option
-def release(recipe, dist, only, collect_dirs, plan_only, dry_run, resume, source, jobs, quiet, as_json):
+def release(recipe, collect_dirs, dist, only, collect, plan_only, dry_run, resume, source, jobs, quiet, as_json):
     """Build, validate and publish every artifact of a release RECIPE (TOML, see recipes/).
 
     Writes DIST/<artifact>/ for each artifact, manifest.json (sha256 of every file,
@@ -343,7 +370,9 @@ def release(recipe, dist, only, collect_dirs, plan_only, dry_run, resume, source
         result = plan.plan(recipe, source=source, tensors=dry_run)
         emit(result, as_json, plan.render_text(result, tensors=dry_run))
         return
-    if collect_dirs:
+    if bool(collect) != bool(collect_dirs):
+        raise click.UsageError("--collect takes the job folders as arguments: release RECIPE --collect DIR...")
+    if collect:
         result = engine.collect(recipe, collect_dirs, dist)
     else:
         result = engine.release(recipe, dist, only=only, source=source, jobs=jobs, resume=resume,

@@ -58,3 +58,12 @@ def meta_release(variant: str, label: str | None = None) -> Release:
         rel.components["clip"] = load_component(ShapeSource(f"{base}/clip", _clip_shapes(), DTYPES["clip"]))
     rel.tokenizer_dir = f"{base}/google/umt5-xxl"          # named, not present: listed without sizes
     return rel
+
+
+def open_for_dry_run(src: str) -> Release:
+    """`shapes:VARIANT` -> meta_release(VARIANT); anything else is opened as usual (headers only)."""
+    if str(src).startswith("shapes:"):
+        return meta_release(str(src)[len("shapes:"):])
+    from wan_export.release import open_input
+
+    return open_input(str(src))

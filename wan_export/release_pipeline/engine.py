@@ -194,7 +194,7 @@ def release(recipe_path: str, dist: str | None = None, *, only=(), source: str |
     records = [run_job(ctx, a, resume) for a in arts]
     if only:
         return _result(ctx, records, finished=False)
-    return finish(ctx)
+    return finish(ctx, resumed={r["name"] for r in records if r.get("resumed")})
 
 
 def collect(recipe_path: str, dirs, dist: str | None = None, progress=null) -> dict:
@@ -233,7 +233,7 @@ def _copy_job(src_dist: str, dist: str, rec: dict) -> None:
             shutil.copyfile(p, os.path.join(dist, JOBS_DIR, rec["name"] + suffix))
 
 
-def finish(ctx: Context) -> dict:
+def finish(ctx: Context, resumed=frozenset()) -> dict:
     """manifest.json, SHA256SUMS, timings.json, README.md and report.{html,md,json} from the records."""
     from wan_export.release_pipeline import modelcard, report_html
 
@@ -253,7 +253,7 @@ def finish(ctx: Context) -> dict:
     M.write_json(os.path.join(ctx.dist, "timings.json"), timings)
     modelcard.write(ctx.dist, ctx.recipe, man)
     report_html.write_release(ctx.dist, man, records)
-    return _result(ctx, records, finished=True)
+    return _result(ctx, [{**r, "resumed": r["name"] in resumed} for r in records], finished=True)
 
 
 def _result(ctx: Context, records: list[dict], finished: bool) -> dict:

@@ -61,7 +61,7 @@ def plan(recipe_path: str, source: str | None = None, tensors: bool = False) -> 
             job = {"name": a["name"], "format": a["format"], "options": a["options"],
                    "needs": ["calibrate"] if F.needs_calibration(a) else [],
                    "status": "unavailable" if why else "ready", "reason": why}
-            if F.FORMATS[a["format"]].dry_run:
+            if F.FORMATS[a["format"]].dry_run and not (why and a["options"].get("quant")):   # quant changes sizes
                 files = dry_run(rel, a)
                 job["files"] = files if tensors else [{k: f[k] for k in ("path", "bytes", "exact")} for f in files]
                 job["bytes"] = sum(f["bytes"] for f in files)

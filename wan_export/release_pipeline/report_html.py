@@ -171,7 +171,7 @@ def to_html(model: dict) -> str:
     for a in model["artifacts"]:
         out.append(f"<section><h2>{escape(a['name'])}</h2>")
         if a["status"] == "unavailable":
-            out.append(f'<p class="na">not available in this build: {escape(str(a["reason"]))}</p>')
+            out.append(f'<p class="na">not built: {escape(str(a["reason"]))}</p>')
         elif not a["reports"]:
             out.append('<p class="note">not validated</p>')
         for r in a["reports"]:
@@ -193,7 +193,7 @@ def to_markdown(model: dict) -> str:
     for a in model["artifacts"]:
         out += ["", f"## {a['name']}", ""]
         if a["status"] == "unavailable":
-            out.append(f"not available in this build: {a['reason']}")
+            out.append(f"not built: {a['reason']}")
         for r in a["reports"]:
             out += [f"### {r['file']} ({r['format']}): {'pass' if r['passed'] else 'FAIL'}", ""]
             if r["layers"]:
