@@ -36,8 +36,13 @@ def sha256_json(obj) -> str:
     return hashlib.sha256(canonical(obj).encode()).hexdigest()
 
 
+def plain(o):
+    """JSON for numpy arrays/scalars (lists, numbers); anything else as its text."""
+    return o.tolist() if hasattr(o, "tolist") else str(o)
+
+
 def canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=plain)
 
 
 def file_rows(root: str, under: str = "") -> list[dict]:
@@ -102,7 +107,7 @@ def manifest(recipe, source: dict, records: list[dict]) -> dict:
 
 def write_json(path: str, obj) -> None:
     with atomic_file(path, "w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        f.write(json.dumps(obj, indent=2, sort_keys=True, default=plain) + "\n")
 
 
 def write_sums(path: str, records: list[dict]) -> None:

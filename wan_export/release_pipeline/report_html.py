@@ -18,7 +18,7 @@ from html import escape
 
 from wan_export.atomic import atomic_file
 from wan_export.release_pipeline import svg
-from wan_export.release_pipeline.manifest import MARGINS, round_sig, worst_check
+from wan_export.release_pipeline.manifest import MARGINS, plain, round_sig, worst_check
 
 LAYER_KEYS = ("block", "layer", "tensor")
 MAX_BARS = 30
@@ -210,7 +210,7 @@ def to_markdown(model: dict) -> str:
 
 
 def to_json(model: dict) -> str:
-    return json.dumps(model, indent=2, sort_keys=True, default=str) + "\n"
+    return json.dumps(model, indent=2, sort_keys=True, default=plain) + "\n"
 
 
 RENDER = {".html": to_html, ".md": to_markdown, ".json": to_json}
