@@ -211,7 +211,8 @@ def collect(recipe_path: str, dirs, dist: str | None = None, progress=null) -> d
             if rec.get("recipe_sha256") != recipe.sha256:
                 raise BadInputError(f"job {rec.get('name')} was built from another recipe", path)
             _copy_job(os.path.abspath(d), dist, rec)
-    srcs = {M.canonical(read_record(p)["source"]) for p in glob.glob(os.path.join(dist, JOBS_DIR, "*[!g].json"))}
+    records = [p for p in glob.glob(os.path.join(dist, JOBS_DIR, "*.json")) if not p.endswith(".timing.json")]
+    srcs = {M.canonical(read_record(p)["source"]) for p in records}
     if len(srcs) > 1:
         raise BadInputError("the jobs were built from different sources", dist)
     rec0 = read_record(os.path.join(dist, JOBS_DIR, recipe.names[0] + ".json")) if os.path.exists(

@@ -132,3 +132,12 @@ def bounds_text(checks: list[dict]) -> str:
         shown = f"{round_sig(value)}" if isinstance(value, (int, float)) else "not measured"
         parts.append(f"{metric} {shown} (bound {bound:g})")
     return ", ".join(parts)
+
+
+def human_size(n) -> str:
+    if not n:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
+    return f"{n} B"

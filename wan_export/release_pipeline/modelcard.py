@@ -8,6 +8,7 @@ import os
 
 from wan_export.atomic import atomic_file
 from wan_export.release_pipeline.formats import FORMATS
+from wan_export.release_pipeline.manifest import human_size
 from wan_export.variants import VARIANTS
 
 PIPELINE_TAGS = {"t2v": "text-to-video", "vace": "text-to-video", "i2v": "image-to-video",
@@ -125,7 +126,7 @@ def render(man: dict) -> str:
     lines += ["## Files", "", "| artifact | format | options | size | validation |", "|---|---|---|---|---|"]
     for a in man["artifacts"]:
         opts = ", ".join(f"{k}={v}" for k, v in a["options"].items())
-        size = f"{a['bytes'] / 1e9:.3f} GB" if a.get("bytes") else "-"
+        size = human_size(a.get("bytes"))
         lines.append(f"| `{a['name']}` | {a['format']} | {opts} | {size} | {_validation(a)} |")
     ctx = {"variant": variant, "repo": m.get("repo")}
     lines += ["", "## Usage"]

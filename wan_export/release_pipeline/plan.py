@@ -71,7 +71,9 @@ def plan(recipe_path: str, source: str | None = None, tensors: bool = False) -> 
 
 
 def _size(n) -> str:
-    return "-" if n is None else f"{n / 1e9:.3f} GB"
+    from wan_export.release_pipeline.manifest import human_size
+
+    return human_size(n)
 
 
 def render_text(p: dict, tensors: bool = False) -> str:

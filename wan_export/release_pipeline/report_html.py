@@ -18,7 +18,7 @@ from html import escape
 
 from wan_export.atomic import atomic_file
 from wan_export.release_pipeline import svg
-from wan_export.release_pipeline.manifest import MARGINS, plain, round_sig, worst_check
+from wan_export.release_pipeline.manifest import MARGINS, human_size, plain, round_sig, worst_check
 
 LAYER_KEYS = ("block", "layer", "tensor")
 MAX_BARS = 30
@@ -116,7 +116,7 @@ def _worst_text(w: dict | None) -> str:
 
 
 def _size(n) -> str:
-    return "-" if not n else (f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB")
+    return human_size(n)
 
 
 # ---------------------------------------------------------------- HTML
