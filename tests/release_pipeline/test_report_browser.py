@@ -3,7 +3,6 @@ screenshot. The page has no scripts; the test adds one probe that measures each 
 and reports through the title (read back with --dump-dom). Skips when chromium is absent."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

@@ -119,12 +119,9 @@ def check(ctx: Context, art: dict) -> dict:
         return rec
     from importlib import import_module
 
-    from wan_export.validators.validate import validate
-
     fmt, start, reports = F.FORMATS[art["format"]], time.perf_counter(), []
-    if fmt.validator:
-        module, fn = fmt.validator.split(":")
-        validate = getattr(import_module(module), fn)
+    module, fn = (fmt.validator or "wan_export.validators.validate:validate").split(":")
+    validate = getattr(import_module(module), fn)
     for target in F.validation_targets(fmt, os.path.join(ctx.dist, art["name"])):
         report = validate(target, ctx.src)
         _apply_gate(report, ctx.recipe.gates.get(art["name"]))

@@ -46,7 +46,7 @@ def _sdcpp(art, ctx) -> list[str]:
     vae = "wan2.2_vae.safetensors" if ctx["variant"] and ctx["variant"].vae == "2.2" else "wan_2.1_vae.safetensors"
     return ["stable-diffusion.cpp:", "", "```bash",
             f"sd -M vid_gen --diffusion-model {gguf} --vae {vae} --t5xxl umt5_xxl_fp16.safetensors \\",
-            f"   -p \"a cat walking in the snow\" --cfg-scale 5.0 --sampling-method euler -W 832 -H 480 \\",
+            "   -p \"a cat walking in the snow\" --cfg-scale 5.0 --sampling-method euler -W 832 -H 480 \\",
             f"   --video-frames 33 --flow-shift {shift:g}", "```"]
 
 
