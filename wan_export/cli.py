@@ -60,9 +60,8 @@ def output_options(f):
 
 
 def quant_options(choices):
-    """--quant, --calib, --act-calib, --rounding, --exclude-blocks, --tensor-type, --dry-run (quantized writers)."""
+    """--quant, --calib, --act-calib, --rounding, --exclude-blocks, --tensor-type (quantized writers)."""
     def deco(f):
-        f = click.option("--dry-run", is_flag=True, help="Plan and list what would be written; write nothing.")(f)
         f = click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=FORMAT",
                          help="Override the format of matching tensors: fp8, nvfp4, mxfp8 or bf16 "
                               "(unquantized); first match wins, in front of the built-in rules.")(f)
@@ -102,6 +101,20 @@ def emit(result: dict, as_json: bool, text: str | None = None) -> None:
         click.echo(json.dumps(result, indent=2, sort_keys=True, default=json_default))
     elif text:
         click.echo(text)
+
+
+def dry_run_option(f):
+    return click.option("--dry-run", is_flag=True,
+                        help="List the files, tensors, types and sizes that would be written, and write nothing "
+                             "(SRC may be shapes:VARIANT, e.g. shapes:wan2.1-t2v-14b, for full-size shapes).")(f)
+
+
+def emit_dry_run(writer: str, src: str, as_json: bool, **options) -> None:
+    from wan_export import dryrun
+    from wan_export.meta_release import open_for_dry_run
+
+    rows = getattr(dryrun, writer)(open_for_dry_run(src), **options)
+    emit({"dry_run": True, "files": rows}, as_json, dryrun.render_text(rows))
 
 
 def progress(quiet: bool):
@@ -150,7 +163,8 @@ def inspect(path, no_scan, as_json, quiet):
 @click.argument("path")
 @click.option("--against", required=True, help="The source checkpoint (file or release folder).")
 @click.option("--report", "report_path", type=click.Path(), default=None,
-              help="Write the report here (.json for JSON, anything else for Markdown).")
+              help="Write the report here (.json for JSON, .html for a self-contained page with plots, "
+                   "anything else for Markdown).")
 @click.option("--sampling", is_flag=True,
               help="Also sample a short video through the artifact and the reference from the same noise.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampling steps (default 10).")
@@ -222,8 +236,9 @@ def demo(output, variant, overwrite, as_json):
 @click.option("--float-type", type=click.Choice(["F16", "BF16", "F32"]), default=None,
               help="Type of the unquantized matrices (embeddings, head; default F16, or F32/BF16 for those types).")
 @click.option("-j", "--jobs", type=int, default=0, show_default=True, help="Worker processes (0: every core).")
+@dry_run_option
 @output_options
-def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite, quiet, as_json):
+def gguf(src, types, tensor_types, imatrix, float_type, jobs, dry_run, output, overwrite, quiet, as_json):
     """Write GGUF files for ComfyUI-GGUF and stable-diffusion.cpp from SRC's DiT.
 
     One file per type (and per expert for A14B), all from a single read of SRC.
@@ -235,6 +250,8 @@ def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite,
       wan-export gguf Wan2.1-T2V-14B/ --type Q4_K_M,Q8_0 -o gguf/
       wan-export gguf Wan2.2-T2V-A14B/ --type Q5_K_M --tensor-type 'ffn\\.2\\.weight$=Q6_K'
     """
+    if dry_run:
+        return emit_dry_run("gguf", src, as_json, types=types, tensor_types=tensor_types, float_type=float_type)
     from wan_export.converters.gguf import convert_gguf, render_text
 
     result = convert_gguf(src, output, types=types, tensor_types=tensor_types, imatrix=imatrix,
@@ -250,9 +267,10 @@ def gguf(src, types, tensor_types, imatrix, float_type, jobs, output, overwrite,
 @click.option("--flow-shift", type=float, default=None,
               help="Scheduler shift (default: the official one of the variant; Wan uses 3.0 for I2V at 480p).")
 @quant_options(("fp8", "nvfp4"))
+@dry_run_option
 @output_options
-def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json, quant, calib, act_calib, rounding,
-              exclude_blocks, tensor_types, dry_run):
+def diffusers(src, dtype, flow_shift, dry_run, output, overwrite, quiet, as_json, quant, calib, act_calib, rounding,
+              exclude_blocks, tensor_types):
     """Write a diffusers pipeline folder from SRC, loadable offline with DiffusionPipeline.
 
     SRC is an official release folder (A14B too), a diffusers folder or a DiT
@@ -271,6 +289,8 @@ def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json, quant, 
     input_scale; quantization_config in transformer/config.json), as NVIDIA's
     Wan2.2-T2V-A14B-Diffusers-FP8; default output name gets -FP8 / -NVFP4.
     """
+    if dry_run and quant is None:
+        return emit_dry_run("diffusers", src, as_json, dtype=dtype, flow_shift=flow_shift)
     from wan_export.converters.diffusers import convert, render_text
     from wan_export.converters.quant_report import render_quant_text
 
@@ -292,9 +312,10 @@ def diffusers(src, dtype, flow_shift, output, overwrite, quiet, as_json, quant, 
 @click.option("--checkpoint", is_flag=True,
               help="One all-in-one file (DiT + VAE + UMT5) for ComfyUI's checkpoints/ folder.")
 @quant_options(("fp8", "nvfp4", "mxfp8", "fp8-legacy"))
+@dry_run_option
 @output_options
-def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json, quant, calib, act_calib,
-            rounding, exclude_blocks, tensor_types, dry_run):
+def comfyui(src, dtype, component, checkpoint, dry_run, output, overwrite, quiet, as_json, quant, calib, act_calib,
+            rounding, exclude_blocks, tensor_types):
     """Write the ComfyUI files of SRC: diffusion_models/, vae/ and text_encoders/.
 
     DiT: stock names, bare, shards merged (A14B: one file per expert). VAE: bare
@@ -314,6 +335,8 @@ def comfyui(src, dtype, component, checkpoint, output, overwrite, quiet, as_json
     weight_scale_2, input_scale) or the legacy scaled_fp8 form (fp8-legacy, e4m3fn);
     the UMT5 text encoder is written in fp8 too. Without --calib the file is weight-only.
     """
+    if dry_run and quant is None:
+        return emit_dry_run("comfyui", src, as_json, dtype=dtype, component=component, checkpoint=checkpoint)
     from wan_export.converters.comfyui import convert
     from wan_export.converters.quant_report import render_quant_text
     from wan_export.converters.stock import render_text
@@ -365,8 +388,9 @@ def stock(src, dtype, output, overwrite, quiet, as_json):
               help="Q/DQ DiT graphs for TensorRT: FP8 E4M3 (opset 20; SM89+) or NVFP4 (opset 23; SM120).")
 @click.option("--calib", default=None, metavar="CALIB",
               help="Calibration file (wan-export calibrate): quantize activations too (else weight-only).")
+@dry_run_option
 @output_options
-def onnx(src, component, dtype, opset, exporter, quant, calib, output, overwrite, quiet, as_json):
+def onnx(src, component, dtype, opset, exporter, quant, calib, dry_run, output, overwrite, quiet, as_json):
     """Export SRC's DiT, VAE and UMT5 encoder to ONNX graphs with dynamic shapes.
 
     The DiT takes latents [B, C, F, H, W] (H, W even), timestep, context [B, L, 4096]
@@ -381,6 +405,8 @@ def onnx(src, component, dtype, opset, exporter, quant, calib, output, overwrite
       wan-export onnx Wan2.2-TI2V-5B/ --component vae-decoder --dtype fp16 -o vae-onnx/
       wan-export onnx Wan2.1-T2V-1.3B/ --component dit --dtype fp16 --quant fp8 --calib calib.safetensors
     """
+    if dry_run:
+        return emit_dry_run("onnx", src, as_json, component=component, dtype=dtype)
     from wan_export.converters.onnx_export import export_onnx, render_text
 
     result = export_onnx(src, output, component=component, dtype=dtype, opset=opset, exporter=exporter,
@@ -580,6 +606,55 @@ def svdquant(src, calib, precision, rank, smooth, gptq, exclude_blocks, compute_
                      exclude_blocks=exclude_blocks, compute_dtype=compute_dtype, overwrite=overwrite,
                      dry_run=dry_run, progress=progress(quiet or as_json))
     emit(result, as_json, render_text(result))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("recipe", type=click.Path())
+@click.argument("collect_dirs", nargs=-1, type=click.Path(), metavar="[DIR...]")
+@click.option("-o", "--output", "dist", default="dist", show_default=True, type=click.Path(),
+              help="Release folder (DIST): artifacts, manifest.json, SHA256SUMS, README.md, report.*.")
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Run only this artifact's job (repeatable); merge job folders later with --collect.")
+@click.option("--collect", is_flag=True,
+              help="Merge the job outputs of --only runs (the DIR... arguments) into DIST and write the release files.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print the job graph (JSON with --json) and a GitHub Actions matrix, with dry-run sizes.")
+@click.option("--dry-run", is_flag=True, help="List every file, tensor, type and size; write nothing.")
+@click.option("--resume", is_flag=True, help="Skip artifacts whose input hashes and files match DIST's records.")
+@click.option("--source", default=None, type=click.Path(), help="Source release (overrides the recipe's [source]).")
+@click.option("-j", "--jobs", type=int, default=0, show_default=True, help="Worker processes for quantizers (0: every core).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@json_option
+def release(recipe, collect_dirs, dist, only, collect, plan_only, dry_run, resume, source, jobs, quiet, as_json):
+    """Build, validate and publish every artifact of a release RECIPE (TOML, see recipes/).
+
+    Writes DIST/<artifact>/ for each artifact, manifest.json (sha256 of every file,
+    options, validation summary, input hashes), SHA256SUMS, README.md (Hugging Face
+    model card) and report.html/.md/.json. Exit 0: every gate passed; 1: a gate
+    failed (everything is still written, failed artifacts marked); 2: bad recipe.
+
+    \b
+    Examples:
+      wan-export release recipes/demo.toml -o dist
+      wan-export release recipes/wan2.1-t2v-14b.toml --plan --json
+      wan-export release recipes/wan2.1-t2v-14b.toml --only gguf -o job-gguf
+      wan-export release recipes/wan2.1-t2v-14b.toml --collect job-gguf job-comfyui -o dist
+    """
+    from wan_export.release_pipeline import engine, plan
+
+    if plan_only or dry_run:
+        result = plan.plan(recipe, source=source, tensors=dry_run)
+        emit(result, as_json, plan.render_text(result, tensors=dry_run))
+        return
+    if bool(collect) != bool(collect_dirs):
+        raise click.UsageError("--collect takes the job folders as arguments: release RECIPE --collect DIR...")
+    if collect:
+        result = engine.collect(recipe, collect_dirs, dist)
+    else:
+        result = engine.release(recipe, dist, only=only, source=source, jobs=jobs, resume=resume,
+                                progress=progress(quiet or as_json))
+    emit(result, as_json, plan.render_result(result))
+    engine.raise_if_failed(result)
 
 
 # -- commands above --

@@ -23,7 +23,7 @@ from wan_export.keymaps.umt5_hf import UMT5_HF
 from wan_export.model.config import HEAD_DIM, TEXT_DIM, UMT5_XXL
 from wan_export.release import open_input
 from wan_export.safetensors_io import SafetensorsFile, TensorInfo
-from wan_export.validators.parity import WEIGHT_DTYPE_TOLERANCE, Tolerance, check_dit, check_vae, tensor_table
+from wan_export.validators.parity import WEIGHT_DTYPE_TOLERANCE, Tolerance, check_vae, tensor_table
 from wan_export.validators.report import Check, Report
 from wan_export.variants import dit_shapes, infer_dit_config
 
@@ -186,14 +186,12 @@ def _art_dtypes(table) -> dict[str, str]:
 
 
 def _parity_dit(report, src, art_table, art_dtypes, cfg, label):
-    from wan_export.validators.parity import dit_outputs, torch_state
+    from wan_export.validators.blockwise import LazyState, check_dit_blockwise
 
     tol, how = tolerance_for(src.table, art_dtypes, label)
     report.info[f"{label} tolerance"] = how
-    ref_out = dit_outputs(torch_state(src.table), src.config)      # one model in memory at a time
-    art = torch_state(art_table)
-    check_dit(report, None, art, cfg, tol, label=label, ref_outputs=ref_out)
-    _tensor_rows(report, src, art, tol, label)
+    check_dit_blockwise(report, src.table, art_table, cfg, tol, label=label, ref_cfg=src.config)   # block by block
+    _tensor_rows(report, src, LazyState(art_table), tol, label)
 
 
 def _tensor_rows(report, src, art, tol, label) -> None:

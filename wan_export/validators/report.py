@@ -107,10 +107,16 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self, path: str) -> None:
-        """Write JSON for *.json paths, Markdown otherwise (atomically)."""
+        """Write JSON for *.json paths, a self-contained HTML page (plots inline) for *.html,
+        Markdown otherwise (atomically)."""
         from wan_export.atomic import atomic_file
 
-        text = self.to_json() if str(path).endswith(".json") else self.to_markdown()
+        if str(path).endswith(".html"):
+            from wan_export.release_pipeline.report_html import single_model, to_html
+
+            text = to_html(single_model(json.loads(self.to_json())))
+        else:
+            text = self.to_json() if str(path).endswith(".json") else self.to_markdown()
         with atomic_file(path, "w") as f:
             f.write(text)
 
@@ -125,6 +131,8 @@ class Report:
 def json_default(o):
     """JSON for what json cannot write: numpy arrays (e.g. preview frames) as dtype, shape and
     base64 of the C-order bytes; anything else as str."""
+    if hasattr(o, "tobytes") and hasattr(o, "shape") and o.shape == ():
+        return o.item()
     if hasattr(o, "tobytes") and hasattr(o, "shape"):
         import base64
 
