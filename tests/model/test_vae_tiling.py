@@ -17,17 +17,19 @@ from tests.model.test_vae import random_vae
 
 # Three levels (spatial stride 4 / 8) keep tiles of the minimum 11 latents cheap on CPU; the
 # middle block and the causal time path are the released ones.
-SMALL = {"2.1": VAEConfig(version="2.1", dim=4, dec_dim=4, z_dim=16, dim_mult=(1, 2, 2),
+SMALL = {"2.1": VAEConfig(version="2.1", dim=8, dec_dim=8, z_dim=16, dim_mult=(1, 2, 2),
                           temporal_downsample=(True, True)),
-         "2.2": VAEConfig(version="2.2", dim=4, dec_dim=8, z_dim=48, dim_mult=(1, 2, 2),
+         "2.2": VAEConfig(version="2.2", dim=8, dec_dim=16, z_dim=48, dim_mult=(1, 2, 2),
                           temporal_downsample=(True, True), latents_mean=WAN22_LATENT_MEAN,
                           latents_std=WAN22_LATENT_STD)}
 LATENT = (2, 14, 20)          # latent frames, h, w: 2 x 3 tiles of 11 with overlap 3
 TILING = Tiling(11, 3)
-# rel-L2 of tiled vs untiled, measured on these random-weight VAEs (decode 2.1 / 2.2, encode 2.1 / 2.2):
-# with the middle attention's random proj (each tile attends only to itself): see MEASURED; the
-# bounds are ~1.3x that. Real weights were not available; diffusers is compared on the same weights.
-TOL = {("decoder", "2.1"): 0.30, ("decoder", "2.2"): 0.30, ("encoder", "2.1"): 0.30, ("encoder", "2.2"): 0.30}
+# rel-L2 of tiled vs untiled on these random-weight VAEs, measured: decode 0.175 (2.1) / 0.091 (2.2),
+# encode 0.090 / 0.057; diffusers' tiling on the same weights and latents: decode 0.306 / 0.170.
+# Most of it is the middle attention, global in the untiled model and per tile here (with its
+# proj zeroed the conv-only seam error is in the README). Bounds ~1.3x the measurements; real
+# weights were not available.
+TOL = {("decoder", "2.1"): 0.23, ("decoder", "2.2"): 0.12, ("encoder", "2.1"): 0.12, ("encoder", "2.2"): 0.075}
 
 
 @pytest.fixture(scope="module", params=["2.1", "2.2"])
