@@ -301,6 +301,7 @@ def onnx(src, component, dtype, opset, exporter, vae_tile, vae_overlap, output, 
     Examples:
       wan-export onnx Wan2.1-T2V-1.3B/ -o onnx/
       wan-export onnx Wan2.2-TI2V-5B/ --component vae-decoder --dtype fp16 -o vae-onnx/
+      wan-export onnx Wan2.1-T2V-1.3B/ --component vae-decoder --vae-tile 256 --vae-overlap 64 -o vae-tiled/
     """
     from wan_export.converters.onnx_export import export_onnx, render_text
 
@@ -354,7 +355,7 @@ def vae_decode(latents, output, overwrite, quiet, vae_src, tile, overlap, backen
     memory follows the tile, not the resolution.
 
     \b
-    Example:
+    Examples:
       wan-export vae decode latents.safetensors -o video.mp4 --vae Wan2.1-T2V-1.3B/ --tile 256 --overlap 64
       wan-export vae decode latents.npy -o frames/ --vae vae-onnx/ --backend onnx
     """

@@ -116,7 +116,7 @@ def _stats(cfg):
     return torch.tensor(cfg.latents_mean).view(view), torch.tensor(cfg.latents_std).view(view)
 
 
-def _check_fits(backend: Backend, tiling, h: int, w: int, path: str) -> None:
+def _check_fits(backend: Backend, h: int, w: int, path: str) -> None:
     if backend.fixed_tile is not None and min(h, w) < backend.fixed_tile:
         raise BadInputError(f"latent size {h}x{w} is smaller than the exported tile {backend.fixed_tile}; "
                             f"export the ONNX VAE with a smaller --vae-tile", path)
@@ -139,7 +139,7 @@ def decode_file(latents: str, output: str, vae: str, *, tile=None, overlap=None,
         raise BadInputError(f"latents have {z.shape[1]} channels but the Wan{cfg.version} VAE takes {cfg.z_dim}",
                             latents)
     tiling = _tiling(be, tile, overlap)
-    _check_fits(be, tiling, z.shape[3], z.shape[4], latents)
+    _check_fits(be, z.shape[3], z.shape[4], latents)
     z = torch.from_numpy(z)
     if not raw:
         mean, std = _stats(cfg)
@@ -175,7 +175,7 @@ def encode_file(video_path: str, output: str, vae: str, *, tile=None, overlap=No
         raise BadInputError(f"video is {w}x{h}; the Wan{cfg.version} VAE needs sides that are multiples of {s}",
                             video_path)
     tiling = _tiling(be, tile, overlap)
-    _check_fits(be, tiling, h // s, w // s, video_path)
+    _check_fits(be, h // s, w // s, video_path)
     with torch.no_grad():
         mu = run_tiled(be.steps["encoder"], torch.from_numpy(from_uint8(frames)), tiling, part="encoder",
                        scale=s, progress=progress)

@@ -132,3 +132,24 @@ def test_bad_tile_exit_2_writes_nothing(runner, tiled_export, tmp_path):
     assert res.exit_code == 2 and res.stderr == \
         "Error: --tile 60 is not a multiple of the Wan2.1 VAE's spatial stride 8 px\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_cli_onnx_backend_matches_torch_backend(runner, tiled_export, tmp_path):
+    from PIL import Image
+
+    from wan_export.cli import cli
+
+    out, src = tiled_export
+    z = np.random.default_rng(2).standard_normal((16, 1, 11, 14)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    frames = {}
+    for backend, vae in (("onnx", out), ("torch", src)):
+        res = runner.invoke(cli, ["vae", "decode", str(tmp_path / "z.npy"), "-o", str(tmp_path / backend),
+                                  "--vae", vae, "--backend", backend, "--tile", "88", "--overlap", "24", "-q"])
+        assert res.exit_code == 0, res.output
+        frames[backend] = np.asarray(Image.open(tmp_path / backend / "frame_00000.png")).astype(int)
+    assert np.abs(frames["onnx"] - frames["torch"]).max() <= 1       # uint8 rounding of ~1e-7 differences
+    res = runner.invoke(cli, ["vae", "decode", str(tmp_path / "z.npy"), "-o", str(tmp_path / "x"), "--vae", out,
+                              "--backend", "onnx", "--tile", "128"])
+    assert res.exit_code == 2 and res.stderr == ("Error: the ONNX graphs were exported at --vae-tile 88 "
+                                                 "--vae-overlap 24 px; --tile/--overlap must match\n")

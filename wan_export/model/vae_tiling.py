@@ -150,7 +150,8 @@ def run_tiled(step: Step, x: torch.Tensor, tiling: Tiling | None, *, part: str, 
                     out, cache = step(piece, cache, c == 0)
                     if canvas is None:
                         canvas = out.new_zeros(b, out.shape[1], t_out, h * s_out, w * s_out)
-                        total = torch.zeros(h * s_out, w * s_out, dtype=out.dtype)
+                        total = torch.zeros(h * s_out, w * s_out, dtype=out.dtype, device=out.device)
+                    weight = weight.to(out.device)
                     canvas[:, :, dst, region[0], region[1]] += out * weight
                     update(1)
                 total[region] += weight
