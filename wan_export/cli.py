@@ -388,9 +388,14 @@ def stock(src, dtype, output, overwrite, quiet, as_json):
               help="Q/DQ DiT graphs for TensorRT: FP8 E4M3 (opset 20; SM89+) or NVFP4 (opset 23; SM120).")
 @click.option("--calib", default=None, metavar="CALIB",
               help="Calibration file (wan-export calibrate): quantize activations too (else weight-only).")
+@click.option("--vae-tile", type=int, default=None, metavar="PX",
+              help="Export the VAE step graphs at this static tile (pixels) and write the tiling protocol to vae.json.")
+@click.option("--vae-overlap", type=int, default=None, metavar="PX",
+              help="Pixels shared by neighbouring VAE tiles (default: tile/4).")
 @dry_run_option
 @output_options
-def onnx(src, component, dtype, opset, exporter, quant, calib, dry_run, output, overwrite, quiet, as_json):
+def onnx(src, component, dtype, opset, exporter, quant, calib, vae_tile, vae_overlap, dry_run, output, overwrite,
+         quiet, as_json):
     """Export SRC's DiT, VAE and UMT5 encoder to ONNX graphs with dynamic shapes.
 
     The DiT takes latents [B, C, F, H, W] (H, W even), timestep, context [B, L, 4096]
@@ -404,13 +409,90 @@ def onnx(src, component, dtype, opset, exporter, quant, calib, dry_run, output, 
       wan-export onnx Wan2.1-T2V-1.3B/ -o onnx/
       wan-export onnx Wan2.2-TI2V-5B/ --component vae-decoder --dtype fp16 -o vae-onnx/
       wan-export onnx Wan2.1-T2V-1.3B/ --component dit --dtype fp16 --quant fp8 --calib calib.safetensors
+      wan-export onnx Wan2.1-T2V-1.3B/ --component vae-decoder --vae-tile 256 --vae-overlap 64 -o vae-tiled/
     """
     if dry_run:
         return emit_dry_run("onnx", src, as_json, component=component, dtype=dtype)
     from wan_export.converters.onnx_export import export_onnx, render_text
 
     result = export_onnx(src, output, component=component, dtype=dtype, opset=opset, exporter=exporter,
-                         overwrite=overwrite, quant=quant, calib=calib, progress=progress(quiet or as_json))
+                         overwrite=overwrite, quant=quant, calib=calib, vae_tile=vae_tile, vae_overlap=vae_overlap,
+                         progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
+@cli.group(context_settings=CONTEXT)
+def vae():
+    """Decode latents to video or encode video to latents with a (tiled) Wan VAE.
+
+    \b
+    Examples:
+      wan-export vae decode latents.safetensors -o video.mp4 --vae Wan2.1-T2V-1.3B/
+      wan-export vae encode video.mp4 -o latents.safetensors --vae Wan2.2_VAE.pth
+    """
+
+
+def vae_options(f):
+    """--vae, --tile, --overlap, --backend, --raw, -o, --overwrite, --json, -q of `vae decode|encode`."""
+    f = click.option("--raw", is_flag=True,
+                     help="Latents are the VAE's own mu, not normalised by latents_mean/std as the DiT samples them.")(f)
+    f = click.option("--backend", default="torch", show_default=True, metavar="torch|onnx|trt",
+                     help="torch: the reference model on SRC; onnx: a `wan-export onnx` folder (vae.json); "
+                          "trt: TensorRT (needs an NVIDIA GPU).")(f)
+    f = click.option("--overlap", type=int, default=None,
+                     help="Pixels shared by neighbouring tiles, a multiple of the VAE stride (default: tile/4).")(f)
+    f = click.option("--tile", type=int, default=None,
+                     help="Tile side in pixels, a multiple of the VAE stride (default 256 for Wan2.1, 512 for "
+                          "Wan2.2); 0 decodes the whole frame at once.")(f)
+    f = click.option("--vae", "vae_src", required=True, metavar="SRC",
+                     help="The VAE: a file, release or diffusers folder (torch), or an ONNX export folder (onnx).")(f)
+    f = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(f)
+    f = click.option("--overwrite", is_flag=True, help="Replace an existing output.")(f)
+    f = click.option("-o", "--output", "output", type=click.Path(), required=True, help="Output path.")(f)
+    return json_option(f)
+
+
+@vae.command("decode", context_settings=CONTEXT)
+@click.argument("latents")
+@vae_options
+@click.option("--fps", type=int, default=None, help="Frame rate of an .mp4 (default: 16 for Wan2.1, 24 for Wan2.2).")
+def vae_decode(latents, output, overwrite, quiet, vae_src, tile, overlap, backend, raw, fps, as_json):
+    """Decode LATENTS (.safetensors or .npy, [C, T, h, w] or [1, C, T, h, w]) to video.
+
+    -o ending in .mp4 writes H.264 (needs the [video] extra); any other path
+    becomes a folder of PNG frames (frame_00000.png, ...). The frame is decoded
+    in overlapping tiles, each with its own causal cache, blended linearly:
+    memory follows the tile, not the resolution.
+
+    \b
+    Examples:
+      wan-export vae decode latents.safetensors -o video.mp4 --vae Wan2.1-T2V-1.3B/ --tile 256 --overlap 64
+      wan-export vae decode latents.npy -o frames/ --vae vae-onnx/ --backend onnx
+    """
+    from wan_export.vae_files import decode_file, render_text
+
+    result = decode_file(latents, output, vae_src, tile=tile, overlap=overlap, backend=backend, raw=raw,
+                         fps=fps, overwrite=overwrite, progress=progress(quiet or as_json))
+    emit(result, as_json, render_text(result))
+
+
+@vae.command("encode", context_settings=CONTEXT)
+@click.argument("video")
+@vae_options
+def vae_encode(video, output, overwrite, quiet, vae_src, tile, overlap, backend, raw, as_json):
+    """Encode VIDEO (.mp4 or a folder of PNG frames; 4k+1 frames) to latents (-o .safetensors or .npy).
+
+    The latents are normalised as the DiT expects them unless --raw; tiles as in
+    `vae decode`.
+
+    \b
+    Example:
+      wan-export vae encode video.mp4 -o latents.safetensors --vae Wan2.2_VAE.pth --tile 512
+    """
+    from wan_export.vae_files import encode_file, render_text
+
+    result = encode_file(video, output, vae_src, tile=tile, overlap=overlap, backend=backend, raw=raw,
+                         overwrite=overwrite, progress=progress(quiet or as_json))
     emit(result, as_json, render_text(result))
 
 
