@@ -12,8 +12,8 @@ subprocess: `cp` of the file (the anchor), `wan-export comfyui --dtype bf16`
     python benchmarks/bench_convert.py [--dir DIR] [--repeat 3] [--14b] [--keep]
 
 Notes: the source is in the page cache after it is generated (so every row reads
-from RAM and writes into the page cache, like `cp`); dirty pages are synced before
-each run and nothing fsyncs inside a run. Steps run round-robin, so a noisy
+from RAM, like `cp`); dirty pages are synced before each run, and each row's wall
+time includes fsyncing its output files (the issue's "written and fsynced"). Steps run round-robin, so a noisy
 neighbour slows all alike; wall time is reported best and median, CPU time
 (user + sys, less sensitive to I/O noise) median. Peak RSS comes from
 `/usr/bin/time -f %M` (ru_maxrss through wait4 would inherit the parent's).
@@ -66,21 +66,36 @@ def generate(path: str, variant: str) -> float:
     return time.perf_counter() - t
 
 
-def run(cmd: list[str]) -> dict:
-    """Wall seconds, CPU seconds (user + sys) and peak RSS bytes of one fresh process."""
+def fsync_tree(path: str) -> None:
+    """fsync every file written under `path` (a file or a folder)."""
+    files = [path] if os.path.isfile(path) else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def run(cmd: list[str], out: str | None = None) -> dict:
+    """Wall seconds (incl. fsync of `out`), CPU seconds (user + sys) and peak RSS bytes of one fresh process."""
     os.sync()
     if os.path.exists(TIME):
-        with tempfile.NamedTemporaryFile("r", suffix=".rss") as out:
+        with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
             t = time.perf_counter()
-            p = subprocess.run([TIME, "-o", out.name, "-f", "%U %S %M"] + cmd, stdout=subprocess.DEVNULL,
+            p = subprocess.run([TIME, "-o", rss_file.name, "-f", "%U %S %M"] + cmd, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, check=False)
+            if out and p.returncode == 0:
+                fsync_tree(out)
             wall = time.perf_counter() - t
-            user, system, rss = out.read().split()[-3:]
+            user, system, rss = rss_file.read().split()[-3:]
             cpu, rss = float(user) + float(system), int(rss) * 1024
     else:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
+        if out and status == 0:
+            fsync_tree(out)
         wall, cpu, rss = time.perf_counter() - t, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
         p = subprocess.CompletedProcess(cmd, os.waitstatus_to_exitcode(status), "", proc.stderr.read())
     if p.returncode != 0:
@@ -121,7 +136,7 @@ def measure(src: str, work: str, repeat: int) -> list[dict]:
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in plan}
     for _ in range(repeat):
         for label, cmd, out in plan:
-            runs[label].append(run(cmd))
+            runs[label].append(run(cmd, out))
             remove(out)
     return [summarise(label, r) for label, r in runs.items()]
 
@@ -170,9 +185,10 @@ def main(argv=None) -> int:
     try:
         gen = generate(src, variant) if not os.path.exists(src) else float("nan")
         print(f"# {variant} bf16, {os.path.getsize(src) / 1e9:.2f} GB, generated in {gen:.1f} s; "
-              f"{os.cpu_count()} CPUs; best of {repeat}\n")
+              f"{os.cpu_count()} CPUs; best of {repeat}; load average {os.getloadavg()[0]:.1f}\n")
         rows = measure(src, work, repeat)
         print(table(rows, rows[0], "step") + "\n")
+        print(f"load average after: {os.getloadavg()[0]:.1f}\n")
         start = startup(src, work, repeat)
         print(table(start, start[0], "start-up") + "\n")
         too_big = [r for r in rows[1:] if r["rss"] >= RSS_LIMIT_14B]

@@ -3,7 +3,7 @@
 Measures MB of float32 input per CPU second (`time.process_time`, best of N) on a
 0.02·N(0,1) matrix, with and without an imatrix, for every block type in the table
 whose quantizer imports. The C column is ggml_quantize_chunk's single-thread CPU MB/s
-from shared/golden/ggml/README.md (a 2-vCPU VM; ranges over runs).
+from tests/data/golden/ggml/README.md (a 2-vCPU VM; ranges over runs).
 
     python benchmarks/bench_ggml_quant.py [--mb 8] [--repeat 3] [--types Q4_K,Q6_K]
 """

@@ -1,18 +1,18 @@
-"""Where the shared reference data lives (../shared beside the checkout), and readers for it.
+"""The reference test data shipped in tests/data/, and readers for it.
 
-The official key lists and the ggml golden vectors are read from here by every
-test that needs them; a test skips with the path when the data is absent.
+`tests/data/keys/` holds the official key lists (name<TAB>[shape] per tensor of
+each released module) and `tests/data/golden/ggml/` the ggml golden vectors
+(see its README.md for how they were made). Both are part of the repository, so
+a fresh clone runs every test that needs them; a missing file is an error.
 """
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-SHARED = Path(os.environ.get("WAN_EXPORT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
-KEYS_DIR = SHARED / "reference" / "keys"
-GOLDEN_DIR = Path(os.environ.get("WAN_EXPORT_GOLDEN") or SHARED / "golden" / "ggml")
+DATA = Path(__file__).resolve().parent / "data"
+KEYS_DIR = DATA / "keys"
+GOLDEN_DIR = DATA / "golden" / "ggml"
 
 # variant -> official key list (Wan2.2 T2V-A14B experts share the 2.1 T2V-14B list)
 DIT_KEY_FILES = {
@@ -25,11 +25,8 @@ DIT_KEY_FILES = {
 
 def key_list(name: str) -> list[tuple[str, tuple[int, ...]]]:
     """(key, shape) rows of an official key list, in state-dict order."""
-    path = KEYS_DIR / name
-    if not path.is_file():
-        pytest.skip(f"reference key list {path} not available", allow_module_level=True)
     rows = []
-    for line in path.read_text().splitlines():
+    for line in (KEYS_DIR / name).read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             key, shape = line.split("\t")
             rows.append((key, tuple(int(d) for d in shape.strip("[]").split(",") if d.strip())))
@@ -41,17 +38,7 @@ def key_shapes(name: str) -> dict[str, tuple[int, ...]]:
 
 
 @functools.cache
-def _golden(name: str):
-    path = GOLDEN_DIR / f"{name}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
 def golden(name: str) -> dict:
-    """The golden arrays of one ggml type (skips when absent)."""
-    z = _golden(name)
-    if z is None:
-        pytest.skip(f"no golden vectors at {GOLDEN_DIR} (set WAN_EXPORT_GOLDEN)")
-    return z
+    """The golden arrays of one ggml type."""
+    with np.load(GOLDEN_DIR / f"{name}.npz") as z:
+        return {k: z[k] for k in z.files}

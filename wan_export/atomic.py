@@ -99,3 +99,28 @@ def _remove(p: str) -> None:
     else:
         with contextlib.suppress(OSError):
             os.remove(p)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, overwrite: bool = False):
+    """Yield a temp path beside `path` for tools that write files by name (ffmpeg); rename on success."""
+    path = os.path.abspath(path)
+    check_output_file(path, overwrite)
+    parent = os.path.dirname(path)
+    base, ext = os.path.splitext(os.path.basename(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".partial{ext}", dir=parent)
+        os.close(fd)
+    except OSError as e:
+        raise _os_error(e, path) from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise _os_error(e, path) from None
+    except BaseException:
+        _remove(tmp)
+        raise

@@ -14,32 +14,72 @@ import time
 from importlib import import_module
 
 from wan_export.errors import BadInputError, ParityError, WanExportError
+from wan_export.release_pipeline.demo_steps import DEMO_RECIPE
+from wan_export.release_pipeline.manifest import bounds_text
 from wan_export.variants import VARIANTS
 
 DEFAULT_VARIANT = "wan2.1-t2v-1.3b"
 SUMMARY_FILE = "demo.json"      # also marks a folder that --overwrite may replace
+
+# The demo releases recipes/demo.toml: each of its artifacts is a build row and a validation row
+# (release_pipeline.demo_steps, the engine `wan-export release` runs), into {out}/dist; "report"
+# writes its manifest, model card and reports. Other rows may call any function directly.
+_BUILD, _CHECK = "wan_export.release_pipeline.demo_steps:build", "wan_export.release_pipeline.demo_steps:check"
+
+
+def _art(name: str) -> dict:
+    return {"recipe": DEMO_RECIPE, "artifact": name, "dist": "{out}/dist", "source": "{src}"}
+
 
 # (label, "module:function", kwargs). The artifact of a row is its `output` kwarg, else the
 # path it returns, else its result's "artifact". A result with "passed" is a parity check.
 STEPS: tuple[tuple[str, str, dict], ...] = (
     ("release", "wan_export.synthetic:write_release", {"folder": "{src}", "variant": "{variant}"}),
     ("inspect", "wan_export.inspect:inspect_path", {"path": "{src}"}),
-    ("comfyui-bf16", "wan_export.converters.comfyui:convert",
-     {"src": "{src}", "output": "{out}/comfyui/wan_dit_bf16.safetensors", "dtype": "bf16", "component": "dit"}),
-    ("validate-comfyui", "wan_export.validators.validate:validate",
-     {"path": "{out}/comfyui/wan_dit_bf16.safetensors", "against": "{src}"}),
-    ("stock", "wan_export.converters.stock:write_stock", {"src": "{out}/comfyui/wan_dit_bf16.safetensors",
-                                                          "output": "{out}/stock"}),
-    ("diffusers", "wan_export.converters.diffusers:convert", {"src": "{src}", "output": "{out}/diffusers"}),
-    ("validate-diffusers", "wan_export.validators.validate:validate",
-     {"path": "{out}/diffusers", "against": "{src}"}),
-    ("gguf-Q4_K_M", "wan_export.converters.gguf:convert_gguf",
-     {"src": "{src}", "output": "{out}/wan-Q4_K_M.gguf", "types": "Q4_K_M"}),
-    ("validate-gguf", "wan_export.validators.validate:validate", {"path": "{out}/wan-Q4_K_M.gguf", "against": "{src}"}),
-    ("onnx-dit", "wan_export.converters.onnx_export:export_onnx",
-     {"src": "{src}", "output": "{out}/onnx", "component": "dit"}),
-    ("validate-onnx", "wan_export.validators.validate:validate", {"path": "{out}/onnx", "against": "{src}"}),
+    ("calibrate", "wan_export.demo:calibrate_demo", {"src": "{src}", "output": "{out}/calib.safetensors"}),
+    ("comfyui-fp8-calibrated", "wan_export.converters.comfyui_quant:demo_fp8",
+     {"src": "{src}", "calib": "{out}/calib.safetensors",
+      "output": "{out}/comfyui-fp8/wan_dit_fp8_e4m3fn_scaled.safetensors"}),
+    ("validate-comfyui-fp8", "wan_export.validators.validate:validate",
+     {"path": "{out}/comfyui-fp8/wan_dit_fp8_e4m3fn_scaled.safetensors", "against": "{src}"}),
+    ("comfyui-bf16", _BUILD, _art("comfyui-bf16")),
+    ("validate-comfyui", _CHECK, _art("comfyui-bf16")),
+    ("stock", _BUILD, _art("stock")),
+    ("validate-stock", _CHECK, _art("stock")),
+    ("diffusers", _BUILD, _art("diffusers")),
+    ("validate-diffusers", _CHECK, _art("diffusers")),
+    ("gguf-Q4_K_M", _BUILD, _art("gguf-Q4_K_M")),
+    ("validate-gguf", _CHECK, _art("gguf-Q4_K_M")),
+    ("onnx-dit", _BUILD, _art("onnx-dit")),
+    ("validate-onnx", _CHECK, _art("onnx-dit")),
+    # SVDQuant needs a CALIB with activation samples at {out}/calib.safetensors; svdq-calib writes one from
+    # random-input forwards unless a calibrate step already did
+    ("svdq-calib", "wan_export.quantizers.svdquant_calib:ensure_calib",
+     {"src": "{src}", "output": "{out}/calib.safetensors"}),
+    ("svdquant-int4", "wan_export.converters.svdquant:convert",
+     {"src": "{src}", "calib": "{out}/calib.safetensors", "output": "{out}/svdquant-int4", "smooth": "0.5"}),
+    ("validate-svdquant", "wan_export.validators.validate:validate",
+     {"path": "{out}/svdquant-int4", "against": "{src}"}),
+    ("report", "wan_export.release_pipeline.demo_steps:finish",
+     {"recipe": DEMO_RECIPE, "dist": "{out}/dist", "source": "{src}"}),
 )
+
+
+def calibrate_demo(src: str, output: str) -> dict:
+    """The demo's CALIB: 2 prompts x 4 steps at 64x64, 5 frames, 64 sampled rows per layer.
+
+    Image-conditioned variants get a synthetic first (and last) frame written beside it."""
+    from wan_export.calibration.run import calibrate
+    from wan_export.release import open_input
+    from wan_export.synthetic import write_image
+
+    mt = next(iter(open_input(src).dits.values())).config.model_type
+    images = {}
+    if mt in ("i2v", "flf2v"):
+        images["image"] = write_image(os.path.join(os.path.dirname(output), "first_frame.png"), 64, 64, seed=1)
+    if mt == "flf2v":
+        images["last_image"] = write_image(os.path.join(os.path.dirname(output), "last_frame.png"), 64, 64, seed=2)
+    return calibrate(src, output, num_prompts=2, steps=4, size="64x64", frames=5, save_activations=64, **images)
 
 
 def run_demo(output: str, variant: str = DEFAULT_VARIANT, *, overwrite: bool = False,
@@ -107,8 +147,9 @@ def _describe(result, artifact: str | None) -> dict:
         n_ok = sum(bool(c.get("passed")) for c in checks)
         tol = sorted({f"{k} {v}" for c in checks for k, v in (c.get("tolerance") or {}).items()})
         verdict = "pass" if d["passed"] else "FAIL"
+        measured = bounds_text(checks)           # the worst measured value next to each bound
         out.update(status="ok" if d["passed"] else "failed", parity=verdict, tolerance=", ".join(tol),
-                   result=f"{verdict} {n_ok}/{len(checks)} checks" + (f" ({', '.join(tol)})" if tol else ""))
+                   result=f"{verdict} {n_ok}/{len(checks)} checks" + (f"; worst {measured}" if measured else ""))
     elif d.get("variant"):
         out["result"] = f"variant {d['variant']}"
     return out

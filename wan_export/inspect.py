@@ -26,11 +26,19 @@ def _component_report(slot: str, comp, scan: bool, update) -> dict:
     if bad:
         warnings.append(f"{len(bad)} tensors contain NaN/Inf: {', '.join(bad[:10])}")
     cfg = comp.config.to_dict() if hasattr(comp.config, "to_dict") else comp.config
-    return {"slot": slot, "kind": comp.kind, "path": comp.path, "layout": comp.layout,
+    extra = {"bytes_by_format": _format_bytes(comp.config)} if comp.kind == "dit" else {}
+    return {**extra, "slot": slot, "kind": comp.kind, "path": comp.path, "layout": comp.layout,
             "variant": comp.variant, "expert": comp.expert, "config": cfg,
             "tensors": len(comp.table.entries), "parameters": params,
             "bytes": sum(d["bytes"] for d in dtypes.values()), "dtypes": dict(dtypes),
             "notes": list(comp.table.notes), "warnings": warnings}
+
+
+def _format_bytes(cfg) -> dict[str, int]:
+    """Weight bytes of this DiT in each deployable format (the cost model's size table)."""
+    from wan_export.cost.formats import INSPECT_FORMATS, bytes_by_format
+
+    return bytes_by_format(cfg, INSPECT_FORMATS)
 
 
 def inspect_path(path: str, scan: bool = True, progress=null) -> dict:
@@ -82,6 +90,8 @@ def render_text(r: dict) -> str:
             lines.append(f"  {'':<14} model_type {cfg['model_type']}, dim {cfg['dim']}, ffn {cfg['ffn_dim']}, "
                          f"heads {cfg['num_heads']}, layers {cfg['num_layers']}, in {cfg['in_dim']}, "
                          f"out {cfg['out_dim']}")
+            sizes = ", ".join(f"{k} {_size(v)}" for k, v in c["bytes_by_format"].items())
+            lines.append(f"  {'':<14} bytes per format: {sizes}")
     if r.get("tokenizer"):
         lines.append(f"  tokenizer      {r['tokenizer']}")
     for w in r["warnings"]:

@@ -5,7 +5,9 @@ clear error naming it) and maps tensor data with mmap; a tensor's pages are
 dropped from this process once its array is garbage collected, so streaming
 through a file keeps RSS near the largest tensor. The writer computes the
 whole header from shapes first, then streams tensors one at a time into a temp
-file that is renamed into place only when complete.
+file that is renamed into place only when complete. A tensor handed to it that
+is still an unmodified view of a mapped source file (a rename, a merged shard)
+is copied by the kernel from that file (kernel_copy.py), never through user space.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 from wan_export.dtypes import ST_TO_NP, itemsize, st_code
 from wan_export.errors import BadInputError, WanExportError
 from wan_export.atomic import AtomicWriter, atomic_file
+from wan_export.kernel_copy import RangeCopier
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -109,6 +112,7 @@ class SafetensorsFile:
         if self._mm is None:
             with open(self.path, "rb") as f:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            _register(self._mm, self.path)
         start, end = e["data_offsets"]
         dt = ST_TO_NP[e["dtype"]]
         offset = self._offset + start
@@ -123,6 +127,29 @@ class SafetensorsFile:
     def close(self) -> None:
         # numpy views may still reference the map; dropping our handle lets GC unmap it
         self._mm = None
+
+
+# id(mmap) -> (weak reference to it, file path, address of its first byte)
+_MAPS: dict[int, tuple[weakref.ref, str, int]] = {}
+
+
+def _register(mm: mmap.mmap, path: str) -> None:
+    _MAPS[id(mm)] = (weakref.ref(mm), os.path.abspath(path), np.frombuffer(mm, np.uint8, count=1).ctypes.data)
+    weakref.finalize(mm, _MAPS.pop, id(mm), None).atexit = False
+
+
+def file_span(arr: np.ndarray) -> tuple[str, int] | None:
+    """(path, byte offset) of an array that is a contiguous view of a SafetensorsFile mapping, else None."""
+    if not arr.nbytes or not arr.flags.c_contiguous:
+        return None
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    mm = base.obj if isinstance(base, memoryview) else base
+    entry = _MAPS.get(id(mm))
+    if entry is None or entry[0]() is not mm:
+        return None
+    return entry[1], arr.ctypes.data - entry[2]
 
 
 def _drop_pages(mm: mmap.mmap, start: int, length: int) -> None:
@@ -176,6 +203,8 @@ class SafetensorsWriter(AtomicWriter):
         self._f = self._ctx.__enter__()
         self._f.write(struct.pack("<Q", len(self._header)))
         self._f.write(self._header)
+        self._f.flush()
+        self._copier = RangeCopier(self._f.fileno())
 
     def write(self, name: str, arr: np.ndarray) -> None:
         if self._next >= len(self.infos):
@@ -185,7 +214,12 @@ class SafetensorsWriter(AtomicWriter):
             raise WanExportError(
                 f"tensor written out of plan: got {name} {tuple(arr.shape)} {st_code(arr)}, "
                 f"expected {want.name} {want.shape} {want.dtype}", self.path)
-        self._f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
+        span = file_span(arr)
+        if span is not None:
+            self._copier.add(span[0], span[1], arr.nbytes)
+        else:
+            self._copier.flush()
+            _write_all(self._f.fileno(), memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
         self._next += 1
 
     def close(self) -> None:
@@ -193,10 +227,23 @@ class SafetensorsWriter(AtomicWriter):
             missing = [t.name for t in self.infos[self._next:]]
             self.abort()
             raise WanExportError(f"{len(missing)} tensors never written, e.g. {missing[0]}", self.path)
+        try:
+            self._copier.flush()
+        except BaseException as e:
+            self.abort()
+            raise e
+        self._copier.close()
         self._ctx.__exit__(None, None, None)
         self._f = None
 
     def abort(self) -> None:
         if self._f is not None:
+            self._copier.close()
             self._ctx.__exit__(WanExportError, WanExportError("aborted"), None)
             self._f = None
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    """os.write until done (the kernel copies and these writes share the fd's position)."""
+    while view:
+        view = view[os.write(fd, view):]

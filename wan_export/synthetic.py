@@ -48,8 +48,9 @@ def tiny_vae_config(version: str = "2.1") -> VAEConfig:
 
 
 def tiny_t5_config() -> T5Config:
-    """UMT5 encoder whose vocabulary is exactly the tiny tokenizer's."""
-    return T5Config(vocab=TOKENIZER_VOCAB, dim=64, dim_attn=64, dim_ffn=96, num_heads=4,
+    """UMT5 encoder whose vocabulary is exactly the tiny tokenizer's, 4096 wide like UMT5-XXL (the
+    DiT's text_dim, so the whole text path runs) with narrow attention and FFN."""
+    return T5Config(vocab=TOKENIZER_VOCAB, dim=4096, dim_attn=32, dim_ffn=32, num_heads=4,
                     num_layers=2, num_buckets=32)
 
 
@@ -347,3 +348,14 @@ def write_release(folder: str, variant: str, *, seed: int = 0, dtype: str = "BF1
         write_pth(os.path.join(folder, CLIP_FILE), clip_state(tiny_clip_config(), seed))
         write_tokenizer(os.path.join(folder, "xlm-roberta-large"), "xlmr")
     return folder
+
+
+def write_image(path: str, width: int, height: int, seed: int = 0) -> str:
+    """A smooth synthetic RGB frame (gradients plus noise) as PNG, for image-conditioned variants."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = np.stack([xx, yy, 1 - xx * yy], -1) * 200 + rng.normal(0, 12, (height, width, 3))
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+    return path

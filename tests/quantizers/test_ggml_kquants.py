@@ -1,6 +1,6 @@
 """K-quants (Q2_K…Q6_K) against ggml's golden vectors, byte for byte and bit for bit.
 
-The golden files come from ggml's non-FMA C build (see shared/golden/ggml/README.md):
+The golden files come from ggml's non-FMA C build (see tests/data/golden/ggml/README.md):
 `chunk`/`chunk_imatrix` are what llama-quantize writes, `ref` the per-row reference,
 `dequant` the C dequantizer's output for `ref`.
 """

@@ -1,6 +1,6 @@
 """Legacy (Q4_0…Q8_0) and IQ4 (IQ4_NL, IQ4_XS) quantizers against ggml's golden vectors.
 
-The golden files come from ggml's non-FMA C build (see shared/golden/ggml/README.md);
+The golden files come from ggml's non-FMA C build (see tests/data/golden/ggml/README.md);
 `chunk`/`chunk_imatrix` are what llama-quantize writes. gguf-py's numpy quantizers are
 a second, independent oracle for the legacy types.
 """

@@ -71,6 +71,21 @@ def _texts(pipe, prompts, context_file):
     return ctx, neg, _file_sha256(context_file)
 
 
+def load_image(path: str):
+    """An image file as a [3, H, W] float tensor in [-1, 1] (the pipeline resizes it)."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+    except FileNotFoundError:
+        raise BadInputError("no such file", path) from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise BadInputError(f"not a readable image ({e.__class__.__name__})", path) from None
+    return torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+
+
 def load_context(path: str):
     """A precomputed-embeddings file: `prompt_embeds` [N, L, D] (+ `negative_prompt_embeds` [L, D])."""
     import torch
@@ -123,7 +138,7 @@ def calibrate(src: str, output: str, *, prompts: str | None = None, num_prompts:
                                    "width": wh and wh[0], "height": wh and wh[1], "seed": seed}.items()
                  if v is not None}
     settings = pl.official_settings(pipe.variant, **overrides)
-    cond = pl.load_images(pipe, image, last_image) if hasattr(pl, "load_images") else {}
+    cond = {k: load_image(v) for k, v in (("image", image), ("last_image", last_image)) if v}
     ctx_list, neg_ctx, set_sha = _texts(pipe, texts, context)
     n = len(ctx_list) if ctx_list is not None else len(texts)
     if context and num_prompts:
@@ -205,3 +220,12 @@ def _metadata(pipe, settings, src, set_sha, n, seed, recorder, total) -> dict:
             "boundary_ratio": settings.boundary_ratio, "tool_version": __version__,
             "experts": [s for s in pipe.dits if s != "dit"],
             "activation_rows": max(rows, default=0)}
+
+
+def render_text(result: dict) -> str:
+    lines = [f"wrote {result['output']}  ({result['layers']} layers, {result['prompts']} prompts x "
+             f"{result['steps']} steps, {result['dit_forwards']} DiT forwards in {result['seconds']:.1f} s"
+             + (f" on {result['ranks']} ranks" if result["ranks"] > 1 else "") + ")"]
+    if result.get("imatrix_gguf"):
+        lines.append(f"wrote {result['imatrix_gguf']}  (llama.cpp imatrix GGUF)")
+    return "\n".join(lines)

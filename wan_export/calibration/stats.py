@@ -1,8 +1,9 @@
 """Per-layer activation statistics that merge exactly, whatever the split of the work.
 
 Each Linear gets: abs-max (per tensor and per input channel), per-channel sum of
-squares (float64) with a row count (the importance matrix), a histogram of |x| over
-fixed log2 bins, and optionally a deterministic sample of input rows. Sums are kept
+squares (float64 across calls) with a row count (the importance matrix), a histogram
+of |x| (8 bins per octave, read off the float32 bits, over at most HIST_ROWS evenly
+spaced rows per call), and optionally a deterministic sample of input rows. Sums are kept
 per prompt and folded in prompt order (`merge`), so one process and N torchrun ranks
 give the same float64 sums, hence the same bytes.
 """
@@ -12,27 +13,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-BINS_PER_OCTAVE = 8
-MIN_EXP, MAX_EXP = -24, 16
-NBINS = 1 + BINS_PER_OCTAVE * (MAX_EXP - MIN_EXP)      # bin 0: exact zeros
-# thresholds of the sub-octave bins on the mantissa 2m in [1, 2): exact float32 constants
-_SUB = torch.tensor([2.0 ** (j / BINS_PER_OCTAVE) for j in range(1, BINS_PER_OCTAVE)], dtype=torch.float32)
+from wan_export.calibration.bins import BINS_PER_OCTAVE, MIN_EXP, NBINS, hist_edges  # noqa: F401
+
+HIST_ROWS = 64          # rows per call that go into the histogram (evenly spaced): its cost stays small
+_KEY0 = (127 + MIN_EXP) * BINS_PER_OCTAVE              # float32 (exponent, 3 mantissa bits) key of 2^MIN_EXP
 
 
-def hist_edges() -> list[float]:
-    """Lower edge of bins 1..NBINS-1 (|x| >= edge): 2^(k/8), k = 8*MIN_EXP .. 8*MAX_EXP-1."""
-    return [2.0 ** (k / BINS_PER_OCTAVE) for k in range(BINS_PER_OCTAVE * MIN_EXP, BINS_PER_OCTAVE * MAX_EXP)]
-
-
-def histogram(absx: torch.Tensor) -> torch.Tensor:
-    """int64 [NBINS] counts of a float tensor of |x| values (frexp + exact thresholds, no log)."""
-    a = absx.reshape(-1).float()
-    mant, exp = torch.frexp(a)                       # a = mant * 2^exp, mant in [0.5, 1)
-    octave = exp.long() - 1 - MIN_EXP               # a in [2^(exp-1), 2^exp)
-    sub = torch.bucketize(mant * 2, _SUB.to(a.device), right=True)
-    idx = (octave * BINS_PER_OCTAVE + sub + 1).clamp(1, NBINS - 1)
-    idx = torch.where(a == 0, torch.zeros_like(idx), idx)
-    return torch.bincount(idx, minlength=NBINS).cpu()
+def histogram(x: torch.Tensor) -> torch.Tensor:
+    """int64 [NBINS] counts of |x| read off the float32 bits: exponent and top 3 mantissa bits."""
+    bits = x.reshape(-1).float().contiguous().view(torch.int32) & 0x7FFFFFFF
+    zeros = int((bits == 0).sum())
+    keys = torch.bincount((bits >> 20).reshape(-1), minlength=2048).cpu()
+    h = torch.zeros(NBINS, dtype=torch.int64)
+    h[1:] = keys[_KEY0:_KEY0 + NBINS - 1]
+    h[1] += keys[:_KEY0].sum() - zeros
+    h[-1] += keys[_KEY0 + NBINS - 1:].sum()
+    h[0] = zeros
+    return h
 
 
 @dataclass
@@ -59,15 +56,16 @@ class LayerStats:
     @classmethod
     def of(cls, x: torch.Tensor, sample_rows: int = 0) -> "LayerStats":
         """The statistics of one call's rows x [..., K]; keeps `sample_rows` evenly spaced rows."""
-        x = x.detach().reshape(-1, x.shape[-1])
-        ax = x.abs().float()
-        cmax = ax.amax(dim=0).cpu()
-        # float32 squares summed in float64: exact enough, and the same on every rank
-        s = cls(x.shape[-1], amax=float(cmax.max()), channel_amax=cmax,
-                sum2=ax.square().sum(dim=0, dtype=torch.float64).cpu(), count=x.shape[0], hist=histogram(ax))
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        lo, hi = torch.aminmax(x, dim=0)                  # one pass, no |x| copy
+        cmax = torch.maximum(-lo, hi).cpu()
+        # one call's sum in float32, accumulated across calls in float64 (einsum is far slower here)
+        sum2 = x.square().sum(dim=0).double().cpu()
+        rows = x if x.shape[0] <= HIST_ROWS else x[_even(x.shape[0], HIST_ROWS).to(x.device)]
+        s = cls(x.shape[-1], amax=float(cmax.max()), channel_amax=cmax, sum2=sum2, count=x.shape[0],
+                hist=histogram(rows))
         if sample_rows:
-            idx = torch.linspace(0, x.shape[0] - 1, min(sample_rows, x.shape[0])).round().long()
-            s.samples.append(x[idx.to(x.device)].float().cpu())
+            s.samples.append(x[_even(x.shape[0], sample_rows).to(x.device)].cpu())
         return s
 
     def merge(self, other: "LayerStats") -> None:
@@ -83,8 +81,7 @@ class LayerStats:
         """Keep n of the sampled rows, evenly spaced over everything kept so far."""
         if self.samples:
             rows = torch.cat(self.samples)
-            idx = torch.linspace(0, rows.shape[0] - 1, min(n, rows.shape[0])).round().long()
-            self.samples = [rows[idx].contiguous()] if n else []
+            self.samples = [rows[_even(rows.shape[0], n)].contiguous()] if n else []
 
     def sample(self) -> torch.Tensor | None:
         """The kept input rows float32 [n, K], or None."""
@@ -103,6 +100,11 @@ class AttentionStats:
     def merge(self, other: "AttentionStats") -> None:
         for f in ("q", "k", "v", "softmax"):
             setattr(self, f, max(getattr(self, f), getattr(other, f)))
+
+
+def _even(n: int, k: int) -> torch.Tensor:
+    """k (at most n) evenly spaced indices into range(n)."""
+    return torch.linspace(0, n - 1, min(k, n)).round().long()
 
 
 def merge_all(parts: list[dict]) -> dict:

@@ -179,7 +179,8 @@ def t5_piece(rel: Release, comp, dtype: str | None):
 PIECES = {"dit": dit_piece, "vae": vae_piece, "t5": t5_piece}
 
 
-def component_jobs(rel: Release, dtype: str | None, component: str, notes: list[str]) -> list[Job]:
+def component_jobs(rel: Release, dtype: str | None, component: str, notes: list[str],
+                   pieces: dict = PIECES) -> list[Job]:
     kinds = COMPONENTS[component]
     chosen = [c for _, c in sorted(rel.components.items()) if c.kind in kinds]
     if not chosen:
@@ -189,12 +190,12 @@ def component_jobs(rel: Release, dtype: str | None, component: str, notes: list[
               for c in rel.components.values() if c.kind == "clip" and component == "all"]
     jobs = []
     for comp in chosen:
-        stem, part, meta, piece_notes = PIECES[comp.kind](rel, comp, dtype)
+        stem, part, meta, piece_notes = pieces[comp.kind](rel, comp, dtype)
         jobs.append(safetensors_job(f"{stem}.safetensors", comp.kind, [part], meta, piece_notes))
     return jobs
 
 
-def checkpoint_jobs(rel: Release, dtype: str | None, notes: list[str]) -> list[Job]:
+def checkpoint_jobs(rel: Release, dtype: str | None, notes: list[str], pieces: dict = PIECES) -> list[Job]:
     """One all-in-one file: DiT + VAE (+ UMT5 and its tokenizer when SRC has them)."""
     dits = list(rel.dits.values())
     if len(dits) != 1:
@@ -204,7 +205,7 @@ def checkpoint_jobs(rel: Release, dtype: str | None, notes: list[str]) -> list[J
     comps = [dits[0], rel.only("vae")] + [c for c in rel.components.values() if c.kind == "t5"]
     parts, meta, piece_notes = [], {}, []
     for comp in comps:
-        stem, part, m, n = PIECES[comp.kind](rel, comp, dtype)
+        stem, part, m, n = pieces[comp.kind](rel, comp, dtype)
         prefix = CHECKPOINT_PREFIX[comp.kind]
         parts.append(part.renamed(lambda k, p=prefix: CHECKPOINT_SPIECE if k == SPIECE else p + k))
         piece_notes += n
@@ -227,18 +228,35 @@ def output_paths(names: list[str], output: str | None) -> dict[str, str]:
 
 
 def convert(src: str, output: str | None = None, *, dtype: str | None = None, component: str = "all",
-            checkpoint: bool = False, overwrite: bool = False, digests: bool = False, progress=null) -> dict:
-    """Write the ComfyUI file(s) of SRC; returns what was written (paths, sizes, sha256 with digests)."""
+            checkpoint: bool = False, overwrite: bool = False, digests: bool = False, progress=null,
+            quant=None, dry_run: bool = False) -> dict:
+    """Write the ComfyUI file(s) of SRC; returns what was written (paths, sizes, sha256 with digests).
+
+    quant: a converters.quant_plan.QuantRequest (`--quant`); dry_run: plan and list, write nothing."""
     if component not in COMPONENTS:
         raise BadInputError(f"unknown component {component!r} (choose from {', '.join(COMPONENTS)})")
     if checkpoint and component != "all":
         raise BadInputError("--checkpoint writes every component into one file; leave out --component")
     rel = open_input(src)
     notes: list[str] = []
-    jobs = checkpoint_jobs(rel, dtype, notes) if checkpoint else component_jobs(rel, dtype, component, notes)
+    pieces = PIECES
+    if quant is not None:
+        from wan_export.converters.comfyui_quant import pieces as quant_pieces
+        pieces = quant_pieces(quant)
+    jobs = (checkpoint_jobs(rel, dtype, notes, pieces) if checkpoint
+            else component_jobs(rel, dtype, component, notes, pieces))
     notes += [n for j in jobs for n in j.notes]
-    rows = write_jobs(jobs, output_paths([j.name for j in jobs], output), overwrite=overwrite, progress=progress)
-    if digests:
+    paths = output_paths([j.name for j in jobs], output)
+    if dry_run:
+        rows = [{"path": os.path.abspath(paths[j.name]), "component": j.component, "tensors": j.tensors,
+                 "written": False} for j in jobs]
+    else:
+        rows = write_jobs(jobs, paths, overwrite=overwrite, progress=progress)
+    if digests and not dry_run:
         add_digests(rows)
-    return {"command": "comfyui", "source": rel.path, "variant": source_variant(rel), "dtype": dtype,
-            "files": rows, "notes": notes}
+    result = {"command": "comfyui", "source": rel.path, "variant": source_variant(rel), "dtype": dtype,
+              "files": rows, "notes": notes}
+    if quant is not None:
+        from wan_export.converters.quant_report import quant_result
+        result.update(quant_result(quant))
+    return result

@@ -46,6 +46,7 @@ class Part:
     src_dtypes: dict[str, str] = field(default_factory=dict)
     source: str = ""
     jsons: dict[str, dict] = field(default_factory=dict)     # side files, e.g. the image processor
+    metadata: dict = field(default_factory=lambda: dict(SAFETENSORS_METADATA))   # each file's __metadata__
 
     @property
     def out_dtype(self) -> str:
@@ -77,9 +78,13 @@ def _part(folder: str, config: dict, stem: str, shard_bytes: int, comp, mapping:
     return part
 
 
-def _dit_part(folder: str, comp, dtype, shard_bytes) -> Part:
+def _dit_part(folder: str, comp, dtype, shard_bytes, quant=None) -> Part:
     mapping = DIT_DIFFUSERS.rename(comp.table.names(), to_stock=False, path=comp.path)
-    return _part(folder, dc.transformer_config(comp.config), DIFFUSERS_STEM, shard_bytes, comp, mapping, dtype)
+    part = _part(folder, dc.transformer_config(comp.config), DIFFUSERS_STEM, shard_bytes, comp, mapping, dtype)
+    if quant is not None:             # --quant: the ModelOpt HF layout (diffusers_quant.py)
+        from wan_export.converters.diffusers_quant import quantize_dit_part
+        part = quantize_dit_part(part, comp, quant, dtype)
+    return part
 
 
 def _vae_part(comp, dtype, shard_bytes) -> Part:
@@ -149,7 +154,7 @@ def _width_warnings(rel: Release, cfg) -> list[str]:
 
 
 def plan_folder(rel: Release, dtype: str | None = None, flow_shift: float | None = None,
-                shard_bytes: dict[str, int] | None = None) -> FolderPlan:
+                shard_bytes: dict[str, int] | None = None, quant=None) -> FolderPlan:
     """Plan every file of the output folder (nothing is read yet)."""
     shards = {"diffusers": dc.DIFFUSERS_SHARD_BYTES, "transformers": dc.TRANSFORMERS_SHARD_BYTES,
               **(shard_bytes or {})}
@@ -160,9 +165,9 @@ def plan_folder(rel: Release, dtype: str | None = None, flow_shift: float | None
         raise BadInputError("the two A14B experts have different configs", rel.path)
     only_dits = all(c.kind == "dit" for c in rel.components.values())
     if only_dits and not experts:
-        part = _dit_part("", dits[0][1], dtype, shards["diffusers"])
+        part = _dit_part("", dits[0][1], dtype, shards["diffusers"], quant)
         return FolderPlan([part], {}, summary=_summary(rel, variant, "transformer", part.config["_class_name"]))
-    parts = [_dit_part(folder, comp, dtype, shards["diffusers"]) for folder, comp in dits]
+    parts = [_dit_part(folder, comp, dtype, shards["diffusers"], quant) for folder, comp in dits]
     if only_dits:
         return FolderPlan(parts, {}, summary=_summary(rel, variant, "transformers", parts[0].config["_class_name"]))
     cfg = dits[0][1].config
@@ -234,7 +239,7 @@ def write_folder(plan: FolderPlan, root: str, progress=null) -> list[str]:
             folder = os.path.join(root, part.folder)
             write_json(os.path.join(folder, "config.json"), part.config)
             written = write_sharded(folder, part.stem, part.plan, part.src_dtypes, max_bytes=part.shard_bytes,
-                                    source_path=part.source, metadata=SAFETENSORS_METADATA, progress=update)
+                                    source_path=part.source, metadata=part.metadata, progress=update)
             files += [os.path.join(part.folder, n) for n in ["config.json", *written]]
     for rel_path, obj in plan.jsons.items():
         write_json(os.path.join(root, rel_path), obj)
@@ -247,7 +252,7 @@ def write_folder(plan: FolderPlan, root: str, progress=null) -> list[str]:
 
 def convert(src: str, output: str | None = None, *, dtype: str | None = None, overwrite: bool = False,
             flow_shift: float | None = None, shard_bytes: dict[str, int] | None = None,
-            progress=null) -> dict:
+            progress=null, quant=None, dry_run: bool = False) -> dict:
     """Convert SRC into a diffusers folder; returns a summary (output path, files, class, ...).
 
     dtype: None (keep each tensor's dtype), or bf16 / fp16 / fp32 for every float tensor.
@@ -255,12 +260,25 @@ def convert(src: str, output: str | None = None, *, dtype: str | None = None, ov
     """
     code = None if dtype is None else DTYPE_NAMES[dtype]
     rel = open_input(src)
-    plan = plan_folder(rel, code, flow_shift, shard_bytes)
+    if quant is not None:
+        quant.decisions = {}
+    plan = plan_folder(rel, code, flow_shift, shard_bytes, quant)
     layout = plan.summary["layout"]
-    output = output or dc.default_name(rel.variant, transformer_only=layout != "pipeline")
-    with atomic_dir(output, overwrite=overwrite) as tmp:
-        files = write_folder(plan, tmp, progress)
-    return {**plan.summary, "output": os.path.abspath(output), "dtype": dtype or "source", "files": files}
+    default = dc.default_name(rel.variant, transformer_only=layout != "pipeline")
+    output = output or (f"{default}-{quant.quant.upper()}" if quant else default)    # NVIDIA: ...-Diffusers-FP8
+    if dry_run:
+        files = sorted({os.path.join(p.folder, p.stem + ".safetensors") for p in plan.parts})
+        result = {**plan.summary, "output": os.path.abspath(output), "dtype": dtype or "source", "files": files,
+                  "written": False}
+    else:
+        with atomic_dir(output, overwrite=overwrite) as tmp:
+            files = write_folder(plan, tmp, progress)
+        result = {**plan.summary, "output": os.path.abspath(output), "dtype": dtype or "source", "files": files}
+    if quant is not None:
+        from wan_export.converters.quant_report import quant_result
+        result.update(quant_result(quant), notes=[] if quant.calib else [
+            "no --calib: weight-only (no input_scale); runtimes then need their own activation scales"])
+    return result
 
 
 def render_text(r: dict) -> str:

@@ -47,13 +47,19 @@ class Job:
     slot: str
     comp: object                       # components.Component
     specs: tuple                       # onnx_specs.GraphSpec, ...
+    tiling: object = None              # vae_tiling.Tiling of static-tile VAE graphs
 
 
 def export_onnx(src: str, output: str | None = None, *, component: str = "all", dtype: str = "fp32",
                 opset: int | None = None, exporter: str = "dynamo", overwrite: bool = False,
-                quant: str | None = None, calib: str | None = None, progress=null) -> dict:
-    """Export SRC's components to a folder of ONNX graphs + wan_onnx.json (+ vae.json);
-    `quant` rewrites the DiT graphs into FP8 / NVFP4 Q/DQ form (converters/onnx_qdq.py)."""
+                quant: str | None = None, calib: str | None = None, vae_tile: int | None = None,
+                vae_overlap: int | None = None, progress=null) -> dict:
+    """Export SRC's components to a folder of ONNX graphs + wan_onnx.json (+ vae.json).
+
+    `quant` rewrites the DiT graphs into FP8 / NVFP4 Q/DQ form (converters/onnx_qdq.py).
+    vae_tile (pixels) exports the VAE step graphs at that static tile shape and writes the tiling
+    protocol (vae_overlap pixels shared by neighbours, default tile/4) into vae.json.
+    """
     from wan_export.atomic import atomic_dir
     from wan_export.converters import onnx_quant
     from wan_export.release import open_input
@@ -62,7 +68,7 @@ def export_onnx(src: str, output: str | None = None, *, component: str = "all", 
     qdq = onnx_quant.prepare(quant, calib, exporter, dtype)
     opset = opset or S.default_opset(dtype)
     rel = open_input(src)
-    jobs = plan(rel, component)
+    jobs = plan(rel, component, vae_tile, vae_overlap)
     if qdq:
         qdq.check(jobs)
     output = output or default_output(rel, dtype)
@@ -75,6 +81,8 @@ def export_onnx(src: str, output: str | None = None, *, component: str = "all", 
                 graphs.append(export_graph(model, job, spec, tmp, dtype, opset, exporter))
                 if qdq and spec.role == "dit":
                     graphs[-1].update(qdq.apply(os.path.join(tmp, spec.file), job.comp.expert))
+                if job.tiling is not None:
+                    graphs[-1]["vae_tile"] = job.tiling.tile
                 update(1)
             del model
             gc.collect()
@@ -85,9 +93,21 @@ def export_onnx(src: str, output: str | None = None, *, component: str = "all", 
         _write_json(os.path.join(tmp, S.MANIFEST), manifest)
         for job in (j for j in jobs if j.comp.kind == "vae"):
             parts = tuple(p for p in ("decoder", "encoder") if any(s.role.startswith(f"vae_{p}") for s in job.specs))
-            _write_json(os.path.join(tmp, S.VAE_SIDECAR), S.vae_protocol(job.comp.config, dtype, parts))
+            _write_json(os.path.join(tmp, S.VAE_SIDECAR),
+                        S.vae_protocol(job.comp.config, dtype, parts, job.tiling))
     return {"output": os.path.abspath(output), "dtype": dtype, "opset": manifest["opset"], "exporter": exporter,
             "quant": manifest.get("quant"), "graphs": graphs, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _vae_tiling(comp, tile: int | None, overlap: int | None):
+    """--vae-tile/--vae-overlap (pixels) checked against this VAE: a vae_tiling.Tiling, or None."""
+    if tile is None:
+        if overlap is not None:
+            raise UnsupportedError("--vae-overlap needs --vae-tile")
+        return None
+    from wan_export.model.vae_tiling import tiling_from_pixels
+
+    return tiling_from_pixels(comp.config, tile, overlap)
 
 
 def _check_options(component: str, dtype: str, opset: int | None, exporter: str) -> None:
@@ -105,7 +125,7 @@ def _check_options(component: str, dtype: str, opset: int | None, exporter: str)
                                f"(dynamo: 18-{S.OPSETS[-1]}, legacy: {S.OPSETS[0]}-20; TensorRT 10.0 parses <= 20)")
 
 
-def plan(rel, component: str) -> list[Job]:
+def plan(rel, component: str, vae_tile: int | None = None, vae_overlap: int | None = None) -> list[Job]:
     """The components to export, with their graph specs, in a fixed order."""
     wanted = list(S.COMPONENTS) if component == "all" else [component]
     jobs: dict[str, Job] = {}
@@ -115,23 +135,26 @@ def plan(rel, component: str) -> list[Job]:
         if not found and component != "all":
             raise BadInputError(f"no {kind} component found to export as {name}", rel.path)
         for slot, comp in found:
-            specs = specs_for(comp, slot, roles)
+            tiling = _vae_tiling(comp, vae_tile, vae_overlap) if kind == "vae" else None
+            specs = specs_for(comp, slot, roles, tiling)
             if slot in jobs:
                 jobs[slot].specs += specs
             else:
-                jobs[slot] = Job(slot, comp, specs)
+                jobs[slot] = Job(slot, comp, specs, tiling)
     if not jobs:
         raise BadInputError("nothing to export: no DiT, VAE or UMT5 component found", rel.path)
+    if vae_tile is not None and not any(j.comp.kind == "vae" for j in jobs.values()):
+        raise UnsupportedError("--vae-tile needs a VAE component to export")
     return list(jobs.values())
 
 
-def specs_for(comp, slot: str, roles: tuple[str, ...]) -> tuple:
+def specs_for(comp, slot: str, roles: tuple[str, ...], tiling=None) -> tuple:
     if comp.kind == "dit":
         return (S.dit_spec(comp.config, S.DIT_FILES.get(slot, "transformer.onnx")),)
     if comp.kind == "t5":
         return (S.t5_spec(comp.config),)
     part = "decoder" if roles[0].startswith("vae_decoder") else "encoder"
-    return S.vae_specs(comp.config, part)
+    return S.vae_specs(comp.config, part, None if tiling is None else tiling.tile)
 
 
 def default_output(rel, dtype: str) -> str:

@@ -196,28 +196,62 @@ def vae_cache(cfg: VAEConfig, part: str) -> tuple[CacheTensor, ...]:
     return tuple(out)
 
 
-def vae_specs(cfg: VAEConfig, part: str) -> tuple[GraphSpec, GraphSpec]:
-    """(first, step) graphs of the encoder or decoder; see `vae_protocol` for how to drive them."""
+def bind(dims: tuple, sizes: dict) -> tuple:
+    """Make the dims whose symbol is in `sizes` static (2*h with h=11 -> 22); leave the others."""
+    out = []
+    for d in dims:
+        k, sym = parse_dim(d)
+        out.append(k * sizes[sym] if sym in sizes else d)
+    return tuple(out)
+
+
+def vae_specs(cfg: VAEConfig, part: str, tile: int | None = None) -> tuple[GraphSpec, GraphSpec]:
+    """(first, step) graphs of the encoder or decoder; see `vae_protocol` for how to drive them.
+
+    With `tile` (latents) h and w are static at the tile shape (TensorRT engines build once for
+    it); batch stays dynamic and the validation grid runs at that tile.
+    """
     s, z = cfg.spatial_stride, cfg.z_dim
+    fixed = {} if tile is None else {"h": tile, "w": tile}
     cache = vae_cache(cfg, part)
-    c_in = tuple(TensorSpec(c.input, c.dims, "model") for c in cache)
-    c_out = tuple(TensorSpec(c.output, c.dims, "model") for c in cache)
-    latent = TensorSpec("latent" if part == "decoder" else "mu", ("batch", z, 1, "h", "w"))
+    c_in = tuple(TensorSpec(c.input, bind(c.dims, fixed), "model") for c in cache)
+    c_out = tuple(TensorSpec(c.output, bind(c.dims, fixed), "model") for c in cache)
+    latent = TensorSpec("latent" if part == "decoder" else "mu", bind(("batch", z, 1, "h", "w"), fixed))
     rules = {"h": f"latent height; video height = {s}*h", "w": f"latent width; video width = {s}*w",
              "batch": "any >= 1"}
+    if tile is not None:
+        rules.update(h=f"static: the tile, {tile} latents = {s * tile} px", w=f"static: the tile, {tile} latents")
+    example, grid = {**VAE_EXAMPLE, **fixed}, tuple({**c, **fixed} for c in VAE_GRID)
     specs = []
     for first in (True, False):
         role = f"vae_{part}_{'first' if first else 'step'}"
         frames = 1 if first else cfg.temporal_stride
-        video = TensorSpec("video", ("batch", 3, frames, mul(s, "h"), mul(s, "w")))
+        video = TensorSpec("video", bind(("batch", 3, frames, mul(s, "h"), mul(s, "w")), fixed))
         x, y = (latent, video) if part == "decoder" else (video, latent)
         specs.append(GraphSpec(role, ROLE_FILES[role], (x, *(() if first else c_in)), (y, *c_out),
-                               VAE_EXAMPLE, VAE_GRID, rules))
+                               example, grid, rules))
     return specs[0], specs[1]
 
 
-def vae_protocol(cfg: VAEConfig, dtype: str, parts: tuple[str, ...]) -> dict:
-    """The JSON sidecar: how to iterate the step graphs, cache names and shapes, normalisation."""
+TILING_RULES = {
+    "units": "tile, overlap, stride in video pixels; *_latent in latents (pixels / spatial_stride)",
+    "starts": "per axis of latent size n: [0] if n <= tile_latent, else k = ceil((n - tile_latent) / "
+              "stride_latent) + 1 tiles at floor((i * (n - tile_latent) + floor((k - 1) / 2)) / (k - 1)), "
+              "i = 0..k-1 (equal tiles, evenly spread, the last on the edge)",
+    "order": "tile by tile (rows, then columns); each tile runs the first/step protocol over all its "
+             "time chunks with its own cache, starting from the first graph",
+    "weights": "linear, per axis, in output units (decoder: pixels, encoder: latents) x = 0.5, 1.5, ... from the tile's "
+             "start, L its length: w = min(1, x / ov_prev, (L - x) / ov_next), where ov_prev / ov_next is the "
+             "overlap with the previous / next tile on that axis (a term is left out when there is no "
+             "neighbour); the tile weight is w_y * w_x",
+    "combine": "output = sum(tile_output * weight) / sum(weight) over the tiles covering each position",
+}
+
+
+def vae_protocol(cfg: VAEConfig, dtype: str, parts: tuple[str, ...], tiling=None) -> dict:
+    """The JSON sidecar: how to iterate the step graphs, cache names and shapes, normalisation,
+    and with `tiling` (vae_tiling.Tiling) how to tile the frame for the fixed-shape graphs."""
+    tile = None if tiling is None else tiling.tile
     doc = {"version": cfg.version, "z_dim": cfg.z_dim, "spatial_stride": cfg.spatial_stride,
            "temporal_stride": cfg.temporal_stride, "cache_dtype": DTYPE_NAMES[dtype],
            "latents_mean": list(cfg.latents_mean), "latents_std": list(cfg.latents_std),
@@ -226,14 +260,18 @@ def vae_protocol(cfg: VAEConfig, dtype: str, parts: tuple[str, ...]) -> dict:
            "video": "float32 RGB in [-1, 1], [batch, 3, frames, H, W]; the decoder clamps its output",
            "normalization": {"decoder_input": "latent = z * latents_std + latents_mean  (z as the DiT samples it)",
                              "encoder_output": "z = (mu - latents_mean) / latents_std"}}
+    if tiling is not None:
+        doc["dims"].update(h=f"static {tile} (the tile)", w=f"static {tile} (the tile)")
+        doc["tiling"] = {**tiling.to_dict(cfg.spatial_stride), **TILING_RULES}
     for part in parts:
-        first, step = vae_specs(cfg, part)
+        first, step = vae_specs(cfg, part, tile)
         x, y = first.inputs[0].name, first.outputs[0].name
         doc[part] = {
             "first": first.file, "step": step.file,
             "input": x, "output": y, "frames_in": {"first": 1, "step": 1 if part == "decoder" else cfg.temporal_stride},
             "frames_out": {"first": 1, "step": cfg.temporal_stride if part == "decoder" else 1},
-            "cache": [{"input": c.input, "output": c.output, "shape": list(c.dims)} for c in vae_cache(cfg, part)],
+            "cache": [{"input": i.name, "output": o.name, "shape": list(i.dims)}
+                      for i, o in zip(step.inputs[1:], step.outputs[1:])],
             "protocol": [f"run {first.file} on the first {'latent frame' if part == 'decoder' else 'video frame'}",
                          f"then run {step.file} on each next "
                          + ("latent frame" if part == "decoder" else f"{cfg.temporal_stride} video frames")

@@ -121,6 +121,8 @@ class Job:
     tensors: int
     write: Callable[[str, Update], list[str]]
     notes: list[str] = field(default_factory=list)
+    parts: list[Part] | None = None    # single safetensors files: what is written (for dry runs)
+    metadata: dict | None = None
 
 
 _END = object()
@@ -162,7 +164,7 @@ def safetensors_job(name: str, component: str, parts: list[Part], metadata: dict
     def write(path: str, update: Update) -> list[str]:
         write_parts(path, parts, metadata, update)
         return [path]
-    return Job(name, component, sum(len(p.tensors) for p in parts), write, list(notes or []))
+    return Job(name, component, sum(len(p.tensors) for p in parts), write, list(notes or []), parts, metadata)
 
 
 def write_shards(folder: str, stem: str, part: Part, metadata: dict, max_bytes: int, update: Update) -> list[str]:

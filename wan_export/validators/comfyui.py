@@ -23,7 +23,7 @@ from wan_export.keymaps.umt5_hf import UMT5_HF
 from wan_export.model.config import HEAD_DIM, TEXT_DIM, UMT5_XXL
 from wan_export.release import open_input
 from wan_export.safetensors_io import SafetensorsFile, TensorInfo
-from wan_export.validators.parity import WEIGHT_DTYPE_TOLERANCE, Tolerance, check_dit, check_vae, tensor_table
+from wan_export.validators.parity import WEIGHT_DTYPE_TOLERANCE, Tolerance, check_vae, tensor_table
 from wan_export.validators.report import Check, Report
 from wan_export.variants import dit_shapes, infer_dit_config
 
@@ -186,14 +186,12 @@ def _art_dtypes(table) -> dict[str, str]:
 
 
 def _parity_dit(report, src, art_table, art_dtypes, cfg, label):
-    from wan_export.validators.parity import dit_outputs, torch_state
+    from wan_export.validators.blockwise import LazyState, check_dit_blockwise
 
     tol, how = tolerance_for(src.table, art_dtypes, label)
     report.info[f"{label} tolerance"] = how
-    ref_out = dit_outputs(torch_state(src.table), src.config)      # one model in memory at a time
-    art = torch_state(art_table)
-    check_dit(report, None, art, cfg, tol, label=label, ref_outputs=ref_out)
-    _tensor_rows(report, src, art, tol, label)
+    check_dit_blockwise(report, src.table, art_table, cfg, tol, label=label, ref_cfg=src.config)   # block by block
+    _tensor_rows(report, src, LazyState(art_table), tol, label)
 
 
 def _tensor_rows(report, src, art, tol, label) -> None:
@@ -228,11 +226,14 @@ def t5_outputs(weights, cfg) -> list:
     return outs
 
 
-def _parity_t5(report, src, art_table, art_dtypes, cfg, label):
+def _parity_t5(report, src, art_table, art_dtypes, cfg, label, scaled_fp8: bool = False):
     from wan_export.validators.metrics import compare
     from wan_export.validators.parity import torch_state
 
     tol, how = tolerance_for(src.table, art_dtypes, label)
+    if scaled_fp8:                # per-tensor scaled fp8 Linears (comfyui --quant): their own bound
+        from wan_export.validators.quant_parity import TE_FP8_TOLERANCE as tol
+        how = f"scaled fp8 text encoder: {tol.describe()}"
     report.info[f"{label} tolerance"] = how
     ref = t5_outputs(torch_state(src.table), src.config)
     weights = torch_state(art_table)
@@ -342,7 +343,10 @@ def check_te(report: Report, sf, prefix: str, spiece: str, rel, label: str = "te
              "write HF UMT5 names with `wan-export comfyui`")])
         return
     problems = _te_detection(table, names) + _spiece_problems(sf, spiece, rel)
+    fp8 = sorted(i.name for i in table.infos() if i.dtype.startswith("F8") and i.name.endswith(".weight"))
+    layouts.dequantize_fp8(table)            # scaled fp8 (Comfy-Org's umt5_xxl_fp8_e4m3fn_scaled)
     try:
+        fp8 = {v: "F8_E4M3" for v in UMT5_HF.rename(fp8, to_stock=True, path=sf.path).values()} if fp8 else {}
         layouts.rename(table, UMT5_HF)
         comp = Component("t5", "hf", table)
         CONFIGURE["t5"](comp, {})
@@ -357,7 +361,7 @@ def check_te(report: Report, sf, prefix: str, spiece: str, rel, label: str = "te
     if src.config != comp.config:
         problems.append("text encoder differs from the source")
     if _structure(report, f"{label}: ComfyUI detection and keys", problems):
-        _parity_t5(report, src, table, _art_dtypes(table), comp.config, label)
+        _parity_t5(report, src, table, _art_dtypes(table) | fp8, comp.config, label, scaled_fp8=bool(fp8))
 
 
 def _te_detection(table, names: set) -> list[str]:
@@ -407,7 +411,12 @@ def check_checkpoint(report: Report, sf, rel) -> None:
     problems += [] if "vae" in parts else ["no vae.* keys"]
     report.info["loader"] = "CheckpointLoaderSimple (" + ", ".join(parts.values()) + ")"
     _structure(report, "checkpoint layout", problems)
-    check_unet(report, sf, parts.get("dit", "model.diffusion_model."), rel)
+    prefix = parts.get("dit", "model.diffusion_model.")
+    if any(k.startswith(prefix) and k.endswith(".comfy_quant") or k == prefix + "scaled_fp8" for k in keys):
+        from wan_export.validators.comfyui_quant import validate_quantized     # quantized model part
+        validate_quantized(sf, rel, sf.path, report.against, prefix=prefix, report=report)
+    else:
+        check_unet(report, sf, prefix, rel)
     if "vae" in parts:
         check_vae_file(report, sf, parts["vae"], rel)
     if "t5" in parts:
@@ -437,6 +446,9 @@ def validate_comfyui(path: str, against: str, **opts) -> Report:
     """Check PATH with ComfyUI's loader rules and run reference-model parity against AGAINST."""
     sf = SafetensorsFile(path)
     rel = open_input(against)
+    from wan_export.validators.comfyui_quant import is_quantized, validate_quantized
+    if is_quantized(sf):          # quantized DiT: ComfyUI's mixed-precision loading (comfyui_quant.py)
+        return validate_quantized(sf, rel, path, against)
     kind = _loader({i.name for i in sf.infos()})
     loader, check = LOADERS[kind]
     report = Report(artifact=str(path), against=str(against), format="comfyui")

@@ -245,7 +245,7 @@ def add_type_checks(report: Report, rows: list[dict]) -> None:
 def validate_gguf(path: str, against: str, **opts) -> Report:
     """Replay both loaders' rules on PATH, then compare tensors and DiT outputs with AGAINST."""
     from wan_export.release import open_input
-    from wan_export.validators.parity import check_dit, torch_state
+    from wan_export.validators.blockwise import check_dit_blockwise
     from wan_export.variants import dit_shapes
 
     src = GGUFSource(path)
@@ -265,5 +265,5 @@ def validate_gguf(path: str, against: str, **opts) -> Report:
         return report
     rows, art = tensor_errors(src, comp, names)
     add_type_checks(report, rows)
-    check_dit(report, torch_state(comp.table), art, comp.config, tol, label=f"dit {mix}")
+    check_dit_blockwise(report, comp.table, art, comp.config, tol, label=f"dit {mix}")   # reference block by block
     return report

@@ -301,10 +301,10 @@ def _parity_vae(part: str):
         import torch
 
         cfg = comp.config
-        first, step = S.vae_specs(cfg, part)
+        first, step = S.vae_specs(cfg, part, group[0].get("vae_tile"))    # static tile graphs: at the tile
         model = _reference(comp)
         s, k = cfg.spatial_stride, cfg.temporal_stride
-        for i, c in enumerate(S.VAE_GRID):
+        for i, c in enumerate(first.grid):
             g = torch.Generator().manual_seed(200 + i)
             b, t, h, w = c["batch"], c["frames"], c["h"], c["w"]
             with torch.no_grad():

@@ -21,6 +21,7 @@ class Tolerance:
     min_cosine: float | None = None
     max_abs: float | None = None
     min_snr_db: float | None = None
+    min_psnr_db: float | None = None
 
     def failures(self, m: dict) -> list[str]:
         out = []
@@ -29,7 +30,8 @@ class Tolerance:
         for key, metric, worse in (("max_rel_l2", "rel_l2", lambda v, b: v > b),
                                    ("min_cosine", "cosine", lambda v, b: v < b),
                                    ("max_abs", "max_abs", lambda v, b: v > b),
-                                   ("min_snr_db", "snr_db", lambda v, b: v < b)):
+                                   ("min_snr_db", "snr_db", lambda v, b: v < b),
+                                   ("min_psnr_db", "psnr_db", lambda v, b: v < b)):
             bound = getattr(self, key)
             if bound is not None and (worse(m[metric], bound) or math.isnan(m[metric])):
                 out.append(f"{metric} {_fmt(m[metric])} beyond {_fmt(bound)}")
@@ -63,6 +65,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     tables: dict[str, list[dict]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)      # named data sections (e.g. "sampling") for reports/plots
 
     def add(self, name: str, metrics: dict, tolerance: Tolerance, note: str = "") -> Check:
         c = Check(name, metrics, tolerance, note)
@@ -78,10 +81,10 @@ class Report:
                 "passed": self.passed, "info": self.info, "tables": self.tables,
                 "checks": [{"name": c.name, "passed": c.passed, "failures": c.failures,
                             "tolerance": {k: v for k, v in asdict(c.tolerance).items() if v is not None},
-                            "metrics": c.metrics, "note": c.note} for c in self.checks]}
+                            "metrics": c.metrics, "note": c.note} for c in self.checks], **self.extra}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=_json_default)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=json_default)
 
     def to_markdown(self) -> str:
         lines = [f"# Parity report: {self.format}", "",
@@ -104,10 +107,16 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self, path: str) -> None:
-        """Write JSON for *.json paths, Markdown otherwise (atomically)."""
+        """Write JSON for *.json paths, a self-contained HTML page (plots inline) for *.html,
+        Markdown otherwise (atomically)."""
         from wan_export.atomic import atomic_file
 
-        text = self.to_json() if str(path).endswith(".json") else self.to_markdown()
+        if str(path).endswith(".html"):
+            from wan_export.release_pipeline.report_html import single_model, to_html
+
+            text = to_html(single_model(json.loads(self.to_json())))
+        else:
+            text = self.to_json() if str(path).endswith(".json") else self.to_markdown()
         with atomic_file(path, "w") as f:
             f.write(text)
 
@@ -119,7 +128,15 @@ class Report:
                               self.artifact)
 
 
-def _json_default(o):
+def json_default(o):
+    """JSON for what json cannot write: numpy arrays (e.g. preview frames) as dtype, shape and
+    base64 of the C-order bytes; anything else as str."""
+    if hasattr(o, "tobytes") and hasattr(o, "shape") and o.shape == ():
+        return o.item()
+    if hasattr(o, "tobytes") and hasattr(o, "shape"):
+        import base64
+
+        return {"dtype": str(o.dtype), "shape": list(o.shape), "base64": base64.b64encode(o.tobytes()).decode()}
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     return str(o)

@@ -3,8 +3,14 @@
 Without an imatrix, `quantize_rows` is `quantize_row_qX_K_ref` (what ggml_quantize_chunk
 runs); with one it is `quantize_row_qX_K_impl`, the imatrix reused for every row. All
 super-blocks of all rows are processed together, in chunks, by the searches in search.py.
+When numba is installed (the `fast` extra) the same algorithms run compiled, block by
+block, from kquants_jit.py: same bytes, several times faster. WAN_EXPORT_NUMBA=0 forces
+the numpy path.
 """
 from __future__ import annotations
+
+import functools
+import os
 
 import numpy as np
 
@@ -133,6 +139,18 @@ def _k4_impl(xb, qw, nmax, clamp63, ws):
     return head, _levels(_requant(xt, d, dm, 0, nmax, 0, L, ws))
 
 
+@functools.cache
+def jit():
+    """kquants_jit if numba imports and WAN_EXPORT_NUMBA is not 0, else None (numpy path)."""
+    if os.environ.get("WAN_EXPORT_NUMBA", "1") == "0":
+        return None
+    try:
+        from . import kquants_jit
+    except ImportError:
+        return None
+    return kquants_jit
+
+
 class _KQuant:
     """Shared row/chunk plumbing; subclasses define `_ref`, `_impl`, `_dequant`."""
     type_size: int
@@ -150,6 +168,8 @@ class _KQuant:
             if qw.size != n:
                 raise ValueError(f"{cls.__name__}: imatrix has {qw.size} values, rows have {n}")
             qw = qw.reshape(-1, QK_K)
+        if jit() is not None:
+            return jit().quantize_rows(cls.__name__, x, imatrix)
         out = np.empty((xs.shape[0], cls.type_size), U8)
         ws = Workspace()
         for a in range(0, xs.shape[0], cls.chunk):
