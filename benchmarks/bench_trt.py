@@ -63,14 +63,15 @@ def write_release(folder: str, layers: int) -> None:
     synthetic.write_safetensors(os.path.join(folder, "vae.safetensors"), vae)
 
 
-def quant_copy(src: str, dest: str, quant: str) -> None:
+def quant_copy(src: str, dest: str, quant: str, dit: str) -> None:
+    from wan_export.components import load_component
     from wan_export.converters.onnx_quant import Q, prepare
 
     shutil.copytree(src, dest)
     plan = prepare(quant, None, "dynamo", "fp16")
     mpath = os.path.join(dest, "wan_onnx.json")
     manifest = json.load(open(mpath))
-    manifest["graphs"][0].update(plan.apply(os.path.join(dest, "transformer.onnx"), None))
+    manifest["graphs"][0].update(plan.apply(os.path.join(dest, "transformer.onnx"), load_component(dit)))
     manifest["quant"], manifest["opset"] = plan.manifest(), Q.OPSET[quant]
     json.dump(manifest, open(mpath, "w"))
 
@@ -95,7 +96,7 @@ def main() -> None:
         for q in ("fp8", "nvfp4"):
             onnx[q] = os.path.join(work, f"onnx-{q}")
             shutil.rmtree(onnx[q], ignore_errors=True)
-            quant_copy(onnx["fp16"], onnx[q], q)
+            quant_copy(onnx["fp16"], onnx[q], q, dit)
         for precision, target in BUILDS:
             out = os.path.join(work, f"trt-{precision}")
             r = child(["trt", onnx[precision], "-o", out, "--target", target, "-q", "--overwrite"])

@@ -103,15 +103,16 @@ def calib(fp16_dit, tmp_path_factory):
     return make_calib(_reference(comp), comp.config, str(tmp_path_factory.mktemp("calib") / "calib.safetensors"))
 
 
-def quantized_copy(onnx_dir: str, dest, quant: str, calib: str | None) -> str:
+def quantized_copy(onnx_dir: str, src: str, dest, quant: str, calib: str | None) -> str:
     """What `onnx --quant` does after exporting, applied to a copy of the shared fp16 export."""
+    from wan_export.components import load_component
     from wan_export.converters.onnx_quant import Q, prepare
 
     shutil.copytree(onnx_dir, dest)
     plan = prepare(quant, calib, "dynamo", "fp16")
     mpath = os.path.join(dest, "wan_onnx.json")
     manifest = json.loads(open(mpath).read())
-    manifest["graphs"][0].update(plan.apply(os.path.join(dest, "transformer.onnx"), None))
+    manifest["graphs"][0].update(plan.apply(os.path.join(dest, "transformer.onnx"), load_component(src)))
     manifest["quant"], manifest["opset"] = plan.manifest(), Q.OPSET[quant]
     with open(mpath, "w") as f:
         json.dump(manifest, f)
@@ -125,7 +126,7 @@ def test_qdq_graph_validates_and_builds(fp16_dit, calib, tmp_path, quant, target
     from wan_export.validators.onnx import validate_onnx
 
     onnx_dir, src = fp16_dit
-    qdir = quantized_copy(onnx_dir, tmp_path / "onnx", quant, calib)
+    qdir = quantized_copy(onnx_dir, src, tmp_path / "onnx", quant, calib)
     model = onnx.load(os.path.join(qdir, "transformer.onnx"), load_external_data=False)
     ops = {(n.domain, n.op_type) for n in model.graph.node}
     kinds = {t.data_type for t in model.graph.initializer}

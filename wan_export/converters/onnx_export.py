@@ -80,7 +80,7 @@ def export_onnx(src: str, output: str | None = None, *, component: str = "all", 
             for spec in job.specs:
                 graphs.append(export_graph(model, job, spec, tmp, dtype, opset, exporter))
                 if qdq and spec.role == "dit":
-                    graphs[-1].update(qdq.apply(os.path.join(tmp, spec.file), job.comp.expert))
+                    graphs[-1].update(qdq.apply(os.path.join(tmp, spec.file), job.comp))
                 if job.tiling is not None:
                     graphs[-1]["vae_tile"] = job.tiling.tile
                 update(1)

@@ -24,9 +24,6 @@ QUANTS = ("fp8", "nvfp4")
 OPSET = {"fp8": 20, "nvfp4": 23}
 BLOCK = 16
 TRT_DOMAIN = "trt"
-# the Linears the ONNX graphs quantize (the ComfyUI / ModelOpt convention: block Linears only).
-# TODO(merge): take the decisions from wan_export.quantizers.policy once it is on main.
-BLOCK_LINEAR = re.compile(r"^(vace_)?blocks\.\d+\.((self_attn|cross_attn)\.(q|k|v|o|k_img|v_img)|ffn\.(0|2))$")
 PREFIX = "model."          # the exporter's module wrapper: initializers are `model.<stock name>`
 ATTN = re.compile(r"^((?:vace_)?blocks\.\d+\.(?:self_attn|cross_attn))\.q$")
 
@@ -35,18 +32,19 @@ def read_amax(calib, name: str, expert: str | None) -> float:
     return float(calib.layer(name, expert)["input_amax"])
 
 
-def quantize_dit_graph(model, quant: str, calib=None, expert: str | None = None, path: str = "") -> dict:
-    """Rewrite `model` (onnx ModelProto, weights loaded) in place; returns the per-layer table."""
+def quantize_dit_graph(model, quant: str, names: list[str], calib=None, expert: str | None = None,
+                       path: str = "") -> dict:
+    """Rewrite `model` (onnx ModelProto, weights loaded) in place: the Linears `names` (the quant
+    policy's decision, wan_export.quantizers.policy) get `quant`; returns the per-layer table."""
     from onnx import helper
 
     if quant not in QUANTS:
         raise UnsupportedError(f"unknown --quant {quant!r} (choose from {', '.join(QUANTS)})")
     g = Graph(model.graph)
-    layers = g.linears()
-    if not layers:
-        raise BadInputError("no block Linear weights (model.blocks.*.weight) in the graph", path)
-    if calib is not None:
-        calib.check_layers([name for name, _ in layers], expert, path)
+    layers = g.linears(set(names))
+    if len(layers) != len(set(names)):
+        missing = sorted(set(names) - {n for n, _ in layers})
+        raise BadInputError(f"graph lacks the weights of {', '.join(missing[:4])}", path)
     rows, acts = [], {}
     for name, (init, matmul) in layers:
         w = g.pop_initializer(init)
@@ -82,14 +80,14 @@ class Graph:
     def consumers(self, name: str) -> list:
         return [n for n in self.graph.node if name in n.input]
 
-    def linears(self) -> list[tuple[str, tuple[str, object]]]:
-        """(stock Linear name, (weight initializer, MatMul)) for every block Linear: W -> Transpose -> MatMul."""
+    def linears(self, wanted: set[str]) -> list[tuple[str, tuple[str, object]]]:
+        """(stock Linear name, (weight initializer, MatMul)) for each wanted Linear: W -> Transpose -> MatMul."""
         out = []
         for init in sorted(self.inits):
             if not (init.startswith(PREFIX) and init.endswith(".weight")):
                 continue
             name = init[len(PREFIX):-len(".weight")]
-            if not BLOCK_LINEAR.match(name):
+            if name not in wanted:
                 continue
             users = self.consumers(init)
             mm = [m for t in users if t.op_type == "Transpose" for m in self.consumers(t.output[0])

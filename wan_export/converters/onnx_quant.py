@@ -18,6 +18,9 @@ WEIGHTS = {"fp8": "FLOAT8E4M3FN per-tensor, scale w_amax/448 (ModelOpt layout)",
            "nvfp4": "FLOAT4E2M1, FLOAT8E4M3FN scales per 16 along K, fp32 global w_amax/(6*448) (ModelOpt layout)"}
 
 
+QUANT_POLICY = "wan_export.quantizers.policy (block Linears only; first match wins)"
+
+
 @dataclass
 class QuantPlan:
     quant: str
@@ -27,21 +30,29 @@ class QuantPlan:
 
     def check(self, jobs) -> None:
         """Every DiT to export has CALIB statistics for each Linear it quantizes (else one line)."""
-        if self.calib is None:
-            return
         for job in jobs:
-            if job.comp.kind != "dit":
-                continue
-            names = [i.name.removesuffix(".weight") for i in job.comp.table.infos()
-                     if i.name.endswith(".weight") and Q.BLOCK_LINEAR.match(i.name.removesuffix(".weight"))]
-            self.calib.check_layers(names, _calib_expert(self.calib, job.comp.expert), self.calib_path)
+            if job.comp.kind == "dit":
+                self.layers(job.comp)
 
-    def apply(self, path: str, expert: str | None) -> dict:
+    def layers(self, comp) -> list[str]:
+        """The Linears (stock names) the quant policy gives this format, checked against CALIB."""
+        from wan_export.quantizers.policy import QuantPolicy, resolve
+
+        decisions = resolve(QuantPolicy(self.quant), [(i.name, tuple(i.shape)) for i in comp.table.infos()])
+        names = [d.name.removesuffix(".weight") for d in decisions if d.format == self.quant]
+        if self.calib is not None:
+            self.calib.check_layers(names, _calib_expert(self.calib, comp.expert), self.calib_path)
+        return names
+
+    def apply(self, path: str, comp) -> dict:
+        """Rewrite the exported graph of DiT component `comp` in place."""
         import onnx
 
+        names = self.layers(comp)
         external = os.path.exists(path + ".data")
         model = onnx.load(path)
-        table = Q.quantize_dit_graph(model, self.quant, self.calib, _calib_expert(self.calib, expert), path)
+        table = Q.quantize_dit_graph(model, self.quant, names, self.calib, _calib_expert(self.calib, comp.expert),
+                                     path)
         if external:
             os.remove(path + ".data")
         onnx.save_model(model, path, save_as_external_data=external, all_tensors_to_one_file=True,
@@ -59,7 +70,7 @@ class QuantPlan:
                 "calib": None if self.calib is None else {"file": os.path.basename(self.calib_path),
                                                          "source_sha256": meta.get("source_sha256"),
                                                          "variant": meta.get("variant")},
-                "layers": {k: v["layers"] for k, v in self.tables.items()},
+                "policy": QUANT_POLICY, "layers": {k: v["layers"] for k, v in self.tables.items()},
                 "attention": {k: v["attention"] for k, v in self.tables.items()}}
 
 

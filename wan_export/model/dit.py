@@ -201,7 +201,8 @@ class WanDiT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, e0, context, context_img, cos, sin)
             if i in self._hint_of_layer:
-                x = x + hints[self._hint_of_layer[i]] * vace_scale
+                # a tensor vace_scale (the ONNX input, fp32) must not promote a 16-bit stream
+                x = x + (hints[self._hint_of_layer[i]] * vace_scale).type_as(x)
         return self._unpatchify(self.head(x, e), f, h, w).float()
 
     def time_embed(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -160,15 +160,15 @@ def weight_table(model, inits: dict, quant: str) -> list[dict]:
 
     rows = []
     for name, mod in model.named_modules():
-        if Q.BLOCK_LINEAR.match(name) and f"{Q.PREFIX}{name}.weight.scale" in inits | _fp4_keys(inits, name):
+        if _quantized(inits, name, quant):
             m = compare(mod.weight.detach(), dequantized(inits, name, quant))
             rows.append({"layer": name, "rel_l2": m["rel_l2"], "cosine": m["cosine"]})
     return sorted(rows, key=lambda r: -r["rel_l2"])
 
 
-def _fp4_keys(inits: dict, name: str) -> dict:
-    key = f"{Q.PREFIX}{name}.weight.global_scale"
-    return {f"{Q.PREFIX}{name}.weight.scale": 1} if key in inits else {}
+def _quantized(inits: dict, name: str, quant: str) -> bool:
+    """Whether the graph holds `name`'s weight in the quantized form (what the file says, not a policy)."""
+    return f"{Q.PREFIX}{name}.weight.{'fp8' if quant == 'fp8' else 'fp4'}" in inits
 
 
 @contextlib.contextmanager
@@ -184,8 +184,7 @@ def fake_quant(model, inits: dict, quant: str):
     fq = FP8Quantizer().fake if quant == "fp8" else NVFP4Quantizer(NVFP4Config(layout="comfy")).fake
     saved, handles = {}, []
     for name, mod in model.named_modules():
-        if not (Q.BLOCK_LINEAR.match(name) and f"{Q.PREFIX}{name}.weight.{'scale' if quant == 'fp8' else 'fp4'}"
-                in inits):
+        if not _quantized(inits, name, quant):
             continue
         saved[name] = mod.weight.data
         mod.weight.data = torch.from_numpy(dequantized(inits, name, quant))
