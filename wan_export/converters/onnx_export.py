@@ -355,9 +355,10 @@ def _check_io(path: str, spec) -> None:
 
 
 def _manifest(src, dtype, opset, exporter, graphs, configs) -> dict:
-    return {"format": "wan-export-onnx", "version": 1, "source": os.path.abspath(src), "dtype": dtype,
-            "opset": opset, "exporter": exporter, "angle_dtype": "float32", "configs": configs,
-            "graphs": graphs}
+    """No absolute paths and no times, so the same input gives the same bytes (release manifests)."""
+    return {"format": "wan-export-onnx", "version": 1, "source": os.path.basename(os.path.abspath(src)),
+            "dtype": dtype, "opset": opset, "exporter": exporter, "angle_dtype": "float32", "configs": configs,
+            "graphs": [{k: v for k, v in g.items() if k != "seconds"} for g in graphs]}
 
 
 def _write_json(path: str, doc: dict) -> None:
