@@ -286,6 +286,11 @@ def _dynamo(module, args, spec, opset, path, external) -> None:
                                 output_names=[t.name for t in spec.outputs],
                                 dynamic_shapes={"inputs": shapes}, optimize=False)
     optimizer.optimize_ir(program.model, should_fold=_keep_weight_transposes)
+    # torch writes its symbol range table in hash order (differs per process): drop it so the same
+    # input gives the same bytes; it is torch-internal, no ONNX consumer reads it
+    for props in (program.model.metadata_props, program.model.graph.metadata_props):
+        for key in [k for k in props if k.endswith("range_constraints")]:
+            del props[key]
     program.save(path, external_data=external)
 
 
