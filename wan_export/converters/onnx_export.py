@@ -319,6 +319,11 @@ def _dynamo(module, args, spec, opset, path, external) -> None:
                                 output_names=[t.name for t in spec.outputs],
                                 dynamic_shapes={"inputs": shapes}, optimize=False)
     optimizer.optimize_ir(program.model, should_fold=_keep_weight_transposes)
+    # torch writes its symbol range table in hash order (differs per process): drop it so the same
+    # input gives the same bytes; it is torch-internal, no ONNX consumer reads it
+    for props in (program.model.metadata_props, program.model.graph.metadata_props):
+        for key in [k for k in props if k.endswith("range_constraints")]:
+            del props[key]
     program.save(path, external_data=external)
 
 
@@ -388,9 +393,10 @@ def _check_io(path: str, spec) -> None:
 
 
 def _manifest(src, dtype, opset, exporter, graphs, configs) -> dict:
-    return {"format": "wan-export-onnx", "version": 1, "source": os.path.abspath(src), "dtype": dtype,
-            "opset": opset, "exporter": exporter, "angle_dtype": "float32", "configs": configs,
-            "graphs": graphs}
+    """No absolute paths and no times, so the same input gives the same bytes (release manifests)."""
+    return {"format": "wan-export-onnx", "version": 1, "source": os.path.basename(os.path.abspath(src)),
+            "dtype": dtype, "opset": opset, "exporter": exporter, "angle_dtype": "float32", "configs": configs,
+            "graphs": [{k: v for k, v in g.items() if k != "seconds"} for g in graphs]}
 
 
 def _write_json(path: str, doc: dict) -> None:
