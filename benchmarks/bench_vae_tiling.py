@@ -3,12 +3,14 @@ against untiled.
 
 Two measurements, each case in its own subprocess:
   --trace  peak bytes of live tensors (activations, caches, output canvas) while decoding on the
-           meta device: exact for our code at any size (1280x720x81 included), instant, but no
-           kernel workspaces (CPU slow_conv3d's im2col buffer) or allocator overhead.
+           meta device: exact for our code at any size, but no kernel workspaces (CPU
+           slow_conv3d's im2col buffer) or allocator overhead. Every step after the first is the
+           same and the float32 canvas is allocated whole at the start, so the peak at F frames
+           is the peak at fewer frames plus the larger canvas: --report-frames F adds that.
   --run    real CPU decode: peak RSS (ru_maxrss) and wall time, under an address-space cap so an
            oversized case fails cleanly instead of exhausting a shared machine.
 
-    python benchmarks/bench_vae_tiling.py --trace --size 1280x720 --frames 81
+    python benchmarks/bench_vae_tiling.py --trace --size 1280x720 --frames 9 --report-frames 81
     python benchmarks/bench_vae_tiling.py --run --size 128x128 --frames 1 --cap-gb 12
 """
 from __future__ import annotations
@@ -77,7 +79,7 @@ def child(mode: str, version: str, tile: int, width: int, height: int, frames: i
     if mode == "trace":
         with Live() as live:
             decode_tiled(vae, z, tiling)
-        return {"peak_tensor_gb": round(live.peak / 2**30, 2)}
+        return {"peak_tensor_gb": round(live.peak / 2**30, 2), "canvas_bytes": 3 * frames * width * height * 4}
     decode_tiled(vae, z, tiling)
     return {"seconds": round(time.perf_counter() - start, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
@@ -101,15 +103,18 @@ def main() -> None:
     ap.add_argument("--run", action="store_true", help="real CPU decode: peak RSS and time")
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
+    ap.add_argument("--report-frames", type=int, default=None,
+                    help="--trace: also state the peak at this many frames (the canvas difference added)")
     ap.add_argument("--cap-gb", type=float, default=12.0, help="address-space cap per --run case")
     ap.add_argument("--cases", default=",".join(f"{v}:{t}" for v, t in CASES), help="VAE:tile,...")
     a = ap.parse_args()
     size = tuple(int(x) for x in a.size.lower().split("x"))
     mode = "run" if a.run else "trace"
     cap = a.cap_gb if mode == "run" else 1024.0
+    extra = f" {a.report_frames} frames |" if mode == "trace" and a.report_frames else ""
     print(f"| VAE | tile px | {a.size} x {a.frames} frames: " + ("peak live tensors |" if mode == "trace"
-                                                                    else "peak RSS | seconds |"))
-    print("|---|---|---|" + ("" if mode == "trace" else "---|"))
+                                                                    else "peak RSS | seconds |") + extra)
+    print("|---|---|---|" + ("" if mode == "trace" and not extra else "---|"))
     for case in a.cases.split(","):
         version, tile = case.split(":")
         r = run_case(mode, version, int(tile), size, a.frames, cap)
@@ -117,6 +122,9 @@ def main() -> None:
             cells = f"failed: {r['failed']} |" + ("" if mode == "trace" else " - |")
         elif mode == "trace":
             cells = f"{r['peak_tensor_gb']} GB |"
+            if extra:
+                more = r["canvas_bytes"] * (a.report_frames / a.frames - 1) / 2**30
+                cells += f" {r['peak_tensor_gb'] + more:.2f} GB |"
         else:
             cells = f"{r['peak_rss_gb']} GB | {r['seconds']} |"
         print(f"| {version} | {tile or 'untiled'} | {cells}", flush=True)
