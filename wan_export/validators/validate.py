@@ -41,6 +41,12 @@ def _is_diffusers(p: str) -> bool:
     return False
 
 
+def _is_stock(p: str) -> bool:
+    from wan_export.validators.stock import is_stock_release
+
+    return is_stock_release(p)
+
+
 def _is_safetensors(p: str) -> bool:
     return p.endswith(".safetensors")
 
@@ -50,6 +56,7 @@ ARTIFACTS = (
     ("gguf", _is_gguf, "wan_export.validators.gguf:validate_gguf"),
     ("trt", _is_trt, "wan_export.validators.trt:validate_trt"),
     ("onnx", _is_onnx, "wan_export.validators.onnx:validate_onnx"),
+    ("stock", _is_stock, "wan_export.validators.stock:validate_stock"),
     ("diffusers", _is_diffusers, "wan_export.validators.diffusers_loader:validate_diffusers"),
     ("comfyui", _is_safetensors, "wan_export.validators.comfyui:validate_comfyui"),
 )
@@ -61,12 +68,13 @@ def artifact_format(path: str) -> tuple[str, str]:
     for fmt, pred, impl in ARTIFACTS:
         if pred(path):
             return fmt, impl
-    raise BadInputError("not a recognised artifact (.gguf, .safetensors, .onnx, .plan, or a diffusers folder)",
+    raise BadInputError("not a recognised artifact (.gguf, .safetensors, .onnx, .plan, a diffusers folder "
+                        "or an official release folder)",
                         path)
 
 
 # formats whose DiT weights read back as stock tensors, so `--sampling` can sample through them
-SAMPLING_FORMATS = ("gguf", "diffusers", "comfyui")
+SAMPLING_FORMATS = ("gguf", "diffusers", "comfyui", "stock")
 
 
 def validate(path: str, against: str, report_path: str | None = None, sampling: dict | None = None,
