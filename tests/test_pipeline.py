@@ -173,3 +173,21 @@ def test_official_settings_table():
     assert official_settings("wan2.1-i2v-14b").shift == 5.0
     assert official_settings("wan2.1-flf2v-14b").negative_prompt.startswith("镜头切换，")
     assert official_settings("wan2.1-t2v-1.3b").boundary_ratio is None
+
+
+def test_source_without_text_encoder(tiny_release, tmp_path):
+    import os
+    import shutil
+
+    from wan_export import synthetic
+
+    src = shutil.copytree(tiny_release("wan2.1-t2v-1.3b"), tmp_path / "src")
+    os.remove(src / synthetic.T5_FILE)
+    shutil.rmtree(src / "google")
+    with pytest.raises(BadInputError, match=r"no UMT5 text encoder .*; no UMT5 tokenizer folder .*: supply "
+                                            r"precomputed prompt embeddings instead"):
+        load_pipeline(src)
+    pipe = load_pipeline(src, text=False, dtype=torch.bfloat16)       # precomputed context still samples
+    ctx = torch.randn(5, 4096, generator=torch.Generator().manual_seed(0))
+    lat = generate(pipe, ctx, ctx * 0, official_settings(pipe.variant, steps=2, width=16, height=16, frames=1))
+    assert lat.shape == (1, 16, 1, 2, 2) and lat.dtype == torch.float32 and torch.isfinite(lat).all()
