@@ -132,6 +132,25 @@ def test_vace_runs_end_to_end(tiny_release):
     assert c.shape == (1, 96, 2, 4, 4) and torch.equal(generate(pipe, ctx, ctx * 0, s, vace=c), edited)
 
 
+def test_ti2v_image_equals_diffusers(diffusers_pair):
+    """TI2V-5B from an image: diffusers' WanImageToVideoPipeline with expand_timesteps (first frame
+    held by the mask, per-token timesteps) built from the converted folder's components."""
+    from diffusers import WanImageToVideoPipeline
+
+    ours, t2v = diffusers_pair("wan2.2-ti2v-5b")
+    theirs = WanImageToVideoPipeline(tokenizer=t2v.tokenizer, text_encoder=t2v.text_encoder, vae=t2v.vae,
+                                     scheduler=t2v.scheduler, transformer=t2v.transformer, expand_timesteps=True)
+    s = official_settings("wan2.2-ti2v-5b", grid="diffusers", **{**SIZE, "width": 64, "height": 64})
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    ctx, neg = encode_prompts(ours, ["A cat walks on the grass", s.negative_prompt])
+    noise = torch.randn(1, 48, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    lat = generate(ours, ctx, neg, s, noise=noise, image=image)
+    ref = theirs(image=image[None] * 0.5 + 0.5, prompt_embeds=pad_context(ctx, 4096),
+                 negative_prompt_embeds=pad_context(neg, 4096), latents=noise.clone(), height=64, width=64,
+                 num_frames=5, num_inference_steps=s.steps, guidance_scale=s.guidance, output_type="latent").frames
+    assert _rel(lat, ref) < PIPELINE_REL_L2
+
+
 def test_ti2v_runs_end_to_end(tiny_release):
     pipe = load_pipeline(tiny_release("wan2.2-ti2v-5b"))
     s = official_settings("wan2.2-ti2v-5b", width=64, height=64, frames=5, steps=3)
