@@ -191,7 +191,11 @@ def _load_clip(rel, device):
                             "which Wan2.1 I2V/FLF2V needs", rel.path)
     from wan_export.model.clip import load_clip_visual
 
-    return load_clip_visual(_state(rel.components["clip"], torch.float32, "cpu")).to(device)
+    from wan_export.validators.parity import torch_state
+
+    table = rel.components["clip"].table
+    visual = [n for n in table.names() if n.startswith("visual.")]      # the text tower never runs
+    return load_clip_visual(torch_state(table, names=set(visual))).to(device)
 
 
 def _check_pairing(pipe: Pipeline, path: str) -> None:

@@ -58,10 +58,11 @@ def tiny_t5_config() -> T5Config:
 class CLIPConfig:
     """XLM-RoBERTa CLIP ViT-H/14 in the official naming (full size: 1280 / 32 / 1024 / 24)."""
 
-    vision_dim: int = 64
+    vision_dim: int = 1280         # the DiT's img_emb takes 1280-wide features (ComfyUI hard-codes it)
     vision_layers: int = 2
+    vision_mlp: int = 256          # full size: 4 x 1280; narrow here to keep the tiny file small
     patch: int = 14
-    image_size: int = 28           # 2x2 patches + cls = 5 tokens (full size: 224 -> 257)
+    image_size: int = 224          # 16x16 patches + cls = 257 tokens, as FLF2V's emb_pos expects (x2)
     text_dim: int = 32
     text_layers: int = 2
     text_len: int = 32             # positions = text_len + 2, as XLM-R's 514
@@ -132,7 +133,7 @@ def clip_shapes(c: CLIPConfig) -> dict[str, tuple]:
         p = f"visual.transformer.{i}"
         rows += _affine(f"{p}.norm1", v) + _linear(f"{p}.attn.to_qkv", 3 * v, v)
         rows += _linear(f"{p}.attn.proj", v, v) + _affine(f"{p}.norm2", v)
-        rows += _linear(f"{p}.mlp.0", 4 * v, v) + _linear(f"{p}.mlp.2", v, 4 * v)
+        rows += _linear(f"{p}.mlp.0", c.vision_mlp, v) + _linear(f"{p}.mlp.2", v, c.vision_mlp)
     rows += _affine("visual.post_norm", v)
     rows += [("textual.token_embedding.weight", (c.vocab, t)), ("textual.type_embedding.weight", (1, t)),
              ("textual.pos_embedding.weight", (c.text_len + 2, t))]

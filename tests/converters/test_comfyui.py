@@ -89,7 +89,7 @@ def test_release_gives_three_comfyui_files(tmp_path, release):
     src, expected = release
     result = convert(src, str(tmp_path), dtype="fp16")
     names = sorted(os.path.basename(r["path"]) for r in result["files"])
-    assert names == ["umt5_custom_d64_l2_fp16.safetensors", "wan2.1_t2v_custom_d256_l2_fp16.safetensors",
+    assert names == ["umt5_custom_d4096_l2_fp16.safetensors", "wan2.1_t2v_custom_d256_l2_fp16.safetensors",
                      "wan_2.1_vae_custom_d16.safetensors"]
     dit = SafetensorsFile(str(tmp_path / names[1]))
     assert [i.name for i in dit.infos()] == list(dit_shapes(tiny_dit_config(T2V)))    # bare, official order

@@ -68,7 +68,7 @@ def test_lossless_artifacts_pass(artifacts, tmp_path, kind):
         from wan_export.converters.stock import write_stock
 
         write_stock(src, str(tmp_path / "stock"))
-        path = str(tmp_path / "stock" / "diffusion_pytorch_model.safetensors")
+        path = str(tmp_path / "stock")                              # an official release folder
     report = validate_sampling(path, src, steps=3)
     assert report.passed, report.to_markdown()
     s = report.extra["sampling"]
@@ -115,14 +115,6 @@ def test_broken_scheduler_fails_through_the_cli(artifacts, runner, tmp_path):
     failed = {c["name"]: c["failures"] for c in report["checks"] if not c["passed"]}
     assert failed.pop("sampling scheduler config") == [BROKEN[0][3]]
     assert failed and all(f[0].startswith(("rel_l2", "psnr_db")) for f in failed.values())
-
-
-def test_broken_boundary_ratio_diverges(artifacts, tmp_path):
-    src, found = artifacts("wan2.2-t2v-a14b")
-    _break(found["diffusers"], tmp_path / "bad", "model_index.json", "boundary_ratio", 0.99)
-    report = validate_sampling(str(tmp_path / "bad"), src, steps=3)
-    assert not report.passed
-    assert report.extra["sampling"]["artifact_settings"]["boundary_ratio"] == 0.99
 
 
 def test_sampling_options_need_the_flag(artifacts, runner):

@@ -212,65 +212,81 @@ def validate_sampling(path: str, against: str, report: Report | None = None, *, 
                       size: tuple[int, int] | None = None, frames: int | None = None,
                       prompt: str | None = None, seed: int | None = None) -> Report:
     """Sample through the artifact and the reference; add the sampling checks to `report`."""
-    import torch
-
     from wan_export import pipeline as pl
-    from wan_export.model.dit import load_dit
-    from wan_export.release import open_input
-    from wan_export.validators.comfyui import StructureCheck
-    from wan_export.validators.metrics import compare
 
-    report = report or Report(str(path), str(against), "sampling")
-    src = open_input(str(against))
-    if not src.dits or src.variant is None:
-        raise BadInputError("the source has no DiT to sample with", against)
-    variant = src.variant
-    ref = pl.load_pipeline(src, text=_has_text(src))
-    ref_states = {slot: dit.state_dict() for slot, dit in ref.dits.items()}
-    art_states, how = artifact_dits(str(path), list(ref.dits), ref_states)
-    diffusers = _is_diffusers(str(path))
+    path, against = str(path), str(against)
+    report = report or Report(path, against, "sampling")
+    ref, art, kind, how = _pipelines(path, against)
+    diffusers = _is_diffusers(path)
     m = ref.size_multiple
     width, height = size or (2 * m, 2 * m)
-    s = pl.official_settings(variant.name, steps=steps or 10, width=width, height=height, frames=frames or 5,
+    s = pl.official_settings(ref.variant, steps=steps or 10, width=width, height=height, frames=frames or 5,
                              seed=seed, grid="diffusers" if diffusers else "wan")
-    art = dataclasses.replace(ref, dits={**ref.dits, **{k: load_dit(v, ref.dits[k].cfg) for k, v in art_states.items()}})
-    kind = "exact" if _exact(art_states, ref_states) else "lossy"
-    step_tol, video_tol = TOLERANCES[kind]
     ctx, text_how = _context(ref, prompt or DEFAULT_PROMPT, s.negative_prompt)
-    noise = pl.initial_noise(ref, s)
-    images = test_images(s.height, s.width)
+    noise, images = pl.initial_noise(ref, s), test_images(s.height, s.width)
     art_settings, solver = s, None
     if diffusers:
-        problems = diffusers_scheduler_problems(str(path), variant)
-        dash = {k: "-" for k in ("rel_l2", "cosine", "max_abs", "snr_db")}
-        report.checks.append(StructureCheck("sampling scheduler config", dash, Tolerance(),
-                                            "the folder's scheduler and expert settings vs Wan's", problems))
-        solver = _folder_scheduler(str(path), s.steps)
-        art_settings = _folder_boundary(str(path), s)
+        _scheduler_check(report, path, ref.info)
+        solver, art_settings = _folder_scheduler(path, s.steps), _folder_boundary(path, s)
     ref_final, ref_steps = _run(ref, ctx, s, noise, images)
     art_final, art_steps = _run(art, ctx, art_settings, noise, images, solver)
     rows = _step_rows(ref_steps, art_steps)
-    worst = max(range(len(rows)), key=lambda i: rows[i]["rel_l2"])
-    report.add(f"sampling latents, worst of {len(rows)} steps (step {worst})",
-               compare(ref_steps[worst][2], art_steps[worst][2]), step_tol)
-    report.add("sampling final latents", compare(ref_final, art_final), step_tol)
-    ref_video, art_video = pl.decode(ref, ref_final), pl.decode(ref, art_final)
-    vm = _video_metrics(ref_video, art_video)
-    report.add(f"sampling decoded video {s.width}x{s.height}x{s.frames} (reference VAE), "
-               f"PSNR {vm['psnr_db']:.1f} dB", vm, video_tol)
-    report.tables["sampling per step"] = rows
-    idx = sorted({0, (s.frames - 1) // 2, s.frames - 1})[:PREVIEW_FRAMES]
+    videos = pl.decode(ref, ref_final), pl.decode(ref, art_final)
+    vm = _add_checks(report, rows, (ref_steps, art_steps), (ref_final, art_final), videos, s, TOLERANCES[kind])
     report.info |= {"sampling": f"{s.steps} steps {s.solver} shift {s.shift} on the {s.grid} grid, seed {s.seed}",
                     "sampling weights": f"{kind} ({how})", "sampling text": text_how}
+    idx = sorted({0, (s.frames - 1) // 2, s.frames - 1})[:PREVIEW_FRAMES]
+    step_tol, video_tol = TOLERANCES[kind]
     report.extra["sampling"] = {
         "settings": s.to_dict(), "artifact_settings": art_settings.to_dict(), "weights": kind,
         "timesteps": [r["timestep"] for r in rows], "experts": [r["expert"] for r in rows],
         "step_rel_l2": [r["rel_l2"] for r in rows], "video_psnr_db": vm["psnr_db"],
         "tolerance": {"step": dataclasses.asdict(step_tol), "video": dataclasses.asdict(video_tol)},
         "preview_frame_indices": idx,
-        "preview_frames": {"reference": _frames_u8(ref_video, idx), "artifact": _frames_u8(art_video, idx)},
+        "preview_frames": {"reference": _frames_u8(videos[0], idx), "artifact": _frames_u8(videos[1], idx)},
     }
     return report
+
+
+def _pipelines(path: str, against: str):
+    """(reference pipeline, artifact pipeline sharing its VAE/UMT5/CLIP, "exact"|"lossy", how loaded)."""
+    from wan_export import pipeline as pl
+    from wan_export.model.dit import load_dit
+    from wan_export.release import open_input
+
+    src = open_input(against)
+    if not src.dits or src.variant is None:
+        raise BadInputError("the source has no DiT to sample with", against)
+    ref = pl.load_pipeline(src, text=_has_text(src))
+    ref_states = {slot: dit.state_dict() for slot, dit in ref.dits.items()}
+    art_states, how = artifact_dits(path, list(ref.dits), ref_states)
+    dits = {**ref.dits, **{k: load_dit(v, ref.dits[k].cfg) for k, v in art_states.items()}}
+    kind = "exact" if _exact(art_states, ref_states) else "lossy"
+    return ref, dataclasses.replace(ref, dits=dits), kind, how
+
+
+def _scheduler_check(report: Report, path: str, variant) -> None:
+    from wan_export.validators.comfyui import StructureCheck
+
+    dash = {k: "-" for k in ("rel_l2", "cosine", "max_abs", "snr_db")}
+    report.checks.append(StructureCheck("sampling scheduler config", dash, Tolerance(),
+                                        "the folder's scheduler and expert settings vs Wan's",
+                                        diffusers_scheduler_problems(path, variant)))
+
+
+def _add_checks(report: Report, rows, steps, finals, videos, s, tolerances) -> dict:
+    from wan_export.validators.metrics import compare
+
+    step_tol, video_tol = tolerances
+    worst = max(range(len(rows)), key=lambda i: rows[i]["rel_l2"])
+    report.add(f"sampling latents, worst of {len(rows)} steps (step {worst})",
+               compare(steps[0][worst][2], steps[1][worst][2]), step_tol)
+    report.add("sampling final latents", compare(*finals), step_tol)
+    vm = _video_metrics(*videos)
+    report.add(f"sampling decoded video {s.width}x{s.height}x{s.frames} (reference VAE), "
+               f"PSNR {vm['psnr_db']:.1f} dB", vm, video_tol)
+    report.tables["sampling per step"] = rows
+    return vm
 
 
 def _step_rows(ref_steps, art_steps) -> list[dict]:

@@ -63,6 +63,12 @@ def _is_modelopt(p: str) -> bool:
     return is_modelopt(p)
 
 
+def _is_stock(p: str) -> bool:
+    from wan_export.validators.stock import is_stock_release
+
+    return is_stock_release(p)
+
+
 def _is_safetensors(p: str) -> bool:
     return p.endswith(".safetensors")
 
@@ -75,6 +81,7 @@ ARTIFACTS = (
     ("svdquant", _is_nunchaku_lite, "wan_export.validators.svdquant:validate_svdquant"),
     ("diffusers-modelopt", lambda p: _is_diffusers(p) and _is_modelopt(p),
      "wan_export.validators.modelopt:validate_modelopt"),
+    ("stock", _is_stock, "wan_export.validators.stock:validate_stock"),
     ("diffusers", _is_diffusers, "wan_export.validators.diffusers_loader:validate_diffusers"),
     ("comfyui", _is_safetensors, "wan_export.validators.comfyui:validate_comfyui"),
 )
@@ -86,12 +93,13 @@ def artifact_format(path: str) -> tuple[str, str]:
     for fmt, pred, impl in ARTIFACTS:
         if pred(path):
             return fmt, impl
-    raise BadInputError("not a recognised artifact (.gguf, .safetensors, .onnx, .plan, or a diffusers folder)",
+    raise BadInputError("not a recognised artifact (.gguf, .safetensors, .onnx, .plan, a diffusers folder "
+                        "or an official release folder)",
                         path)
 
 
 # formats whose DiT weights read back as stock tensors, so `--sampling` can sample through them
-SAMPLING_FORMATS = ("gguf", "diffusers", "comfyui")
+SAMPLING_FORMATS = ("gguf", "diffusers", "comfyui", "stock")
 
 
 def validate(path: str, against: str, report_path: str | None = None, sampling: dict | None = None,
