@@ -6,9 +6,10 @@
     x_hat = q.fake(x, input_scale)                 # activation fake-quant (what an FP8 GEMM sees)
 
 Scale = amax / 448 (weights: from the weight; activations: the calibrated input_scale).
-`layout="comfy"` is comfy-kitchen's `quantize_per_tensor_fp8` (x * (1/scale) in x's dtype, clamp
-±448); `layout="modelopt"` is ModelOpt 0.47's export (x / scale, per-tensor or per output channel).
-Both are bit-exact with their reference for any input dtype (tests/quantizers/test_lowfloat.py).
+`layout="comfy"` is comfy-kitchen's `quantize_per_tensor_fp8` (x * (1/scale), clamp ±448);
+`layout="modelopt"` is ModelOpt 0.47's export (x / scale, per-tensor or per output channel).
+The math runs in fp32 on the upcast input (bf16/fp16 weights are upcast chunk by chunk), so results
+are bit-exact with each reference run on `x.float()` (tests/quantizers/test_lowfloat.py).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from wan_export.quantizers.lowbit import E4M3_MAX, as_matrix
 
 GRANULARITIES = ("tensor", "channel")
 LAYOUTS = ("comfy", "modelopt")
+CHUNK_ELEMENTS = 1 << 16          # rows per step of the cast: stays in L2
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,11 @@ class FP8Quantizer:
     def weight_scale(self, w: torch.Tensor) -> torch.Tensor:
         """amax / 448 in fp32 (a zero tensor gets scale 1 so it stays zero)."""
         w = as_matrix(w, "fp8")
-        amax = w.abs().amax(dim=1) if self.config.granularity == "channel" else w.abs().amax()
+        if self.config.granularity == "channel":
+            amax = w.abs().amax(dim=1)
+        else:
+            lo, hi = torch.aminmax(w)              # one pass, no |w| copy
+            amax = torch.maximum(-lo, hi)
         scale = amax.float() / E4M3_MAX
         return torch.where(scale == 0, torch.ones_like(scale), scale)
 
@@ -67,12 +73,17 @@ class FP8Quantizer:
         return FP8Tensor(self.cast(w, scale), scale)
 
     def cast(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """x -> float8_e4m3fn codes at `scale`, saturating at ±448."""
-        if self.config.layout == "comfy":
-            scaled = x * (1.0 / scale).to(x.dtype)
-        else:
-            scaled = x / (scale[:, None] if scale.dim() == 1 else scale)
-        return scaled.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        """x -> float8_e4m3fn codes at `scale`, saturating at ±448; rows in cache-sized chunks."""
+        out = torch.empty(x.shape, dtype=torch.float8_e4m3fn)
+        rows = max(1, CHUNK_ELEMENTS // max(1, x.shape[-1]))
+        for i in range(0, x.shape[0], rows):
+            c = x[i:i + rows].float()
+            if self.config.layout == "comfy":
+                c = c * (1.0 / scale)
+            else:
+                c = c / (scale[i:i + rows, None] if scale.dim() == 1 else scale)
+            out[i:i + rows] = c.clamp_(-E4M3_MAX, E4M3_MAX)
+        return out
 
     def dequantize(self, t: FP8Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         scale = t.scale[:, None] if t.scale.dim() == 1 else t.scale

@@ -40,6 +40,7 @@ from wan_export.quantizers.lowbit import (
 )
 
 BLOCK = 16
+CHUNK_ELEMENTS = 1 << 16
 LAYOUTS = ("comfy", "modelopt")
 MODELOPT_MIN_BLOCK_SCALE = 2.0 ** -9
 
@@ -82,7 +83,8 @@ class NVFP4Quantizer:
 
     @staticmethod
     def global_scale(w: torch.Tensor) -> torch.Tensor:
-        return w.abs().amax().float() / (E4M3_MAX * E2M1_MAX)
+        lo, hi = torch.aminmax(w)
+        return torch.maximum(-lo, hi).float() / (E4M3_MAX * E2M1_MAX)
 
     def padded(self, w: torch.Tensor) -> torch.Tensor:
         w = as_matrix(w, "nvfp4")
@@ -107,8 +109,10 @@ class NVFP4Quantizer:
         total = (s2 * s_blk if self.comfy else s_blk * s2).unsqueeze(-1)
         blocks = w.reshape(rows, -1, BLOCK).float()
         if self.comfy:                # a zero total scale (zero or underflowed block) stores zeros
-            zero = total == 0
-            scaled = torch.where(zero, 0.0, blocks / torch.where(zero, 1.0, total)).clamp(-E2M1_MAX, E2M1_MAX)
+            zero = total == 0         # (no clamp to ±6 needed: the E2M1 index saturates there)
+            scaled = blocks / torch.where(zero, 1.0, total)
+            if bool(zero.any()):
+                scaled.masked_fill_(zero.expand_as(scaled), 0.0)
         else:
             scaled = blocks / total
         return e2m1_codes(scaled.reshape(rows, cols), signed_zero=self.comfy)
@@ -124,8 +128,13 @@ class NVFP4Quantizer:
         shape = tuple(as_matrix(w, "nvfp4").shape)
         s2 = self.global_scale(w) if global_scale is None else global_scale.float()
         wp = self.padded(w)
-        s_blk = self.block_scales(wp, s2)
-        return self.pack(self.codes(wp, s_blk, s2), s_blk, s2, shape)
+        s_blk = torch.empty((wp.shape[0], wp.shape[1] // BLOCK), dtype=torch.float32)
+        codes = torch.empty(wp.shape, dtype=torch.uint8)
+        rows = max(1, CHUNK_ELEMENTS // wp.shape[1])
+        for i in range(0, wp.shape[0], rows):          # cache-sized row chunks, same results
+            s_blk[i:i + rows] = self.block_scales(wp[i:i + rows], s2)
+            codes[i:i + rows] = self.codes(wp[i:i + rows], s_blk[i:i + rows], s2)
+        return self.pack(codes, s_blk, s2, shape)
 
     def linear_scales(self, t: NVFP4Tensor) -> torch.Tensor:
         """fp32 block scales [rows, cols/16] in the linear layout (unswizzled for comfy)."""

@@ -412,7 +412,8 @@ def check_checkpoint(report: Report, sf, rel) -> None:
     report.info["loader"] = "CheckpointLoaderSimple (" + ", ".join(parts.values()) + ")"
     _structure(report, "checkpoint layout", problems)
     prefix = parts.get("dit", "model.diffusion_model.")
-    if any(k.startswith(prefix) and k.endswith(".comfy_quant") or k == prefix + "scaled_fp8" for k in keys):
+    if any(k.startswith(prefix) and k.endswith(".comfy_quant") for k in keys) or (
+            "wan_export.quant" in sf.metadata and prefix + "scaled_fp8" in keys):
         from wan_export.validators.comfyui_quant import validate_quantized     # quantized model part
         validate_quantized(sf, rel, sf.path, report.against, prefix=prefix, report=report)
     else:

@@ -31,9 +31,13 @@ QUANT_SUFFIXES = ("weight_scale", "weight_scale_2", "input_scale", "comfy_quant"
 
 
 def is_quantized(sf) -> bool:
+    """A per-layer quantized DiT file, or a legacy scaled_fp8 one wan-export wrote (others keep the
+    plain fp8 path of validators/comfyui.py)."""
     names = [i.name for i in sf.infos()]
-    return any(n.endswith((".comfy_quant", "scaled_fp8")) for n in names) and not any(
-        n.startswith(("encoder.", "shared.", "text_encoders.")) for n in names)
+    if any(n.startswith(("encoder.", "shared.", "text_encoders.")) for n in names):
+        return False
+    return any(n.endswith(".comfy_quant") for n in names) or (
+        "wan_export.quant" in (sf.metadata or {}) and any(n.endswith("scaled_fp8") for n in names))
 
 
 def convert_old_quants(entries: dict, prefix: str) -> list[str]:
