@@ -131,6 +131,7 @@ def measure(src: str, im: str, work: str, types, repeat: int, c: CQuant | None) 
             c_mbps = mb / min(cc) if cc else sum(C_MBPS[name][use_im]) / 2
             rows.append({"type": name, "imatrix": use_im, "ours_s": q, "ours_mbps": mb / q,
                          "c_mbps": c_mbps, "ratio": (mb / q) / c_mbps, "c_measured": bool(cc)})
+            print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)     # progress
     return rows
 
 
