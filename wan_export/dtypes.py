@@ -50,11 +50,22 @@ def itemsize(code: str) -> int:
     return ST_TO_NP[code].itemsize
 
 
+def _fast_f16():
+    """wan_export.cast_jit when numba imports (the `fast` extra) and WAN_EXPORT_NUMBA is not 0."""
+    from wan_export.quantizers.ggml.kquants import jit
+    if jit() is None:
+        return None
+    from wan_export import cast_jit
+    return cast_jit
+
+
 def cast(arr: np.ndarray, code: str) -> np.ndarray:
     """Cast to a safetensors dtype code (round-to-nearest-even, like torch)."""
     target = ST_TO_NP[code]
     if arr.dtype == target:
         return arr
+    if code == "F16" and arr.dtype in (ST_TO_NP["BF16"], ST_TO_NP["F32"]) and _fast_f16() is not None:
+        return _fast_f16().to_f16(arr, arr.dtype == ST_TO_NP["BF16"])
     if arr.dtype.itemsize <= 2 and target.itemsize <= 2 and arr.dtype != np.float32:
         # bf16 <-> fp16 <-> fp8 go through float32 exactly as torch does
         return arr.astype(np.float32).astype(target)

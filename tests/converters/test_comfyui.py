@@ -275,7 +275,10 @@ def test_json_lists_paths_sizes_and_sha256(tmp_path):
 # (ru_maxrss would not do: Linux carries it over from the forking parent, here pytest, across exec.)
 SCRIPT = """
 import sys
+import ml_dtypes, numpy as np
 from wan_export.converters.comfyui import convert
+from wan_export.dtypes import cast
+cast(np.zeros(2, ml_dtypes.bfloat16), "F16")    # loads the optional numba cast: a fixed cost, not per tensor
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
 base = status("VmRSS:")

@@ -1,4 +1,4 @@
-"""The two K-quant paths: numpy (always there) and numba (the `fast` extra) give the same bytes.
+"""The two K-quant paths (and the fp16 cast): numpy (always there) and numba (`fast` extra) give the same bytes.
 
 test_ggml_kquants.py checks whichever path `quantize` picks against the golden vectors;
 here the numpy fallback is checked against them too, and the compiled path against
@@ -64,3 +64,22 @@ def test_numba_is_picked_when_installed():
     if kquants.jit() is None:
         pytest.skip("WAN_EXPORT_NUMBA=0 in the environment")
     assert kquants.jit().__name__.endswith("kquants_jit")
+
+
+def test_numba_f16_cast_matches_numpy():
+    """cast_jit (bf16/f32 -> f16 for --dtype fp16) against numpy's astype: every finite bf16, edge f32 ranges."""
+    cj = pytest.importorskip("wan_export.cast_jit")
+    import ml_dtypes
+
+    bf = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16)
+    bf = bf[np.isfinite(bf.astype(np.float32))]
+    with np.errstate(over="ignore"):
+        want = bf.astype(np.float32).astype(np.float16)
+    assert np.array_equal(cj.to_f16(bf, True).view(np.uint16), want.view(np.uint16))
+    rng = np.random.default_rng(3)
+    f = np.concatenate([rng.standard_normal(1 << 16).astype(np.float32) * np.float32(s) for s in (1e-7, 1e-4, 1, 7e4)]
+                       + [np.arange(0x33000000, 0x33010000, dtype=np.uint32).view(np.float32),      # subnormal ties
+                          np.arange(0x477F0000, 0x47800000, dtype=np.uint32).view(np.float32)])     # overflow edge
+    with np.errstate(over="ignore"):
+        want = f.astype(np.float16)
+    assert np.array_equal(cj.to_f16(f, False).view(np.uint16), want.view(np.uint16))
