@@ -23,7 +23,7 @@ def test_demo_runs_every_step(runner, tmp_path):
     assert "variant wan2.1-t2v (custom: dim 256, 2 layers)" in result.stdout
     with open(out / demo.SUMMARY_FILE) as f:
         summary = json.load(f)
-    assert summary["ok"] and summary["seconds"] < 60
+    assert summary["ok"]
     assert os.path.isfile(out / "release" / "Wan2.1_VAE.pth")
 
 

@@ -36,12 +36,8 @@ def _art(name: str) -> dict:
 STEPS: tuple[tuple[str, str, dict], ...] = (
     ("release", "wan_export.synthetic:write_release", {"folder": "{src}", "variant": "{variant}"}),
     ("inspect", "wan_export.inspect:inspect_path", {"path": "{src}"}),
-    ("calibrate", "wan_export.demo:calibrate_demo", {"src": "{src}", "output": "{out}/calib.safetensors"}),
-    ("comfyui-fp8-calibrated", "wan_export.converters.comfyui_quant:demo_fp8",
-     {"src": "{src}", "calib": "{out}/calib.safetensors",
-      "output": "{out}/comfyui-fp8/wan_dit_fp8_e4m3fn_scaled.safetensors"}),
-    ("validate-comfyui-fp8", "wan_export.validators.validate:validate",
-     {"path": "{out}/comfyui-fp8/wan_dit_fp8_e4m3fn_scaled.safetensors", "against": "{src}"}),
+    ("calibrate", "wan_export.release_pipeline.demo_steps:calibrate",
+     {"recipe": DEMO_RECIPE, "dist": "{out}/dist", "source": "{src}"}),
     ("comfyui-bf16", _BUILD, _art("comfyui-bf16")),
     ("validate-comfyui", _CHECK, _art("comfyui-bf16")),
     ("stock", _BUILD, _art("stock")),
@@ -52,34 +48,15 @@ STEPS: tuple[tuple[str, str, dict], ...] = (
     ("validate-gguf", _CHECK, _art("gguf-Q4_K_M")),
     ("onnx-dit", _BUILD, _art("onnx-dit")),
     ("validate-onnx", _CHECK, _art("onnx-dit")),
-    # SVDQuant needs a CALIB with activation samples at {out}/calib.safetensors; svdq-calib writes one from
-    # random-input forwards unless a calibrate step already did
-    ("svdq-calib", "wan_export.quantizers.svdquant_calib:ensure_calib",
-     {"src": "{src}", "output": "{out}/calib.safetensors"}),
-    ("svdquant-int4", "wan_export.converters.svdquant:convert",
-     {"src": "{src}", "calib": "{out}/calib.safetensors", "output": "{out}/svdquant-int4", "smooth": "0.5"}),
-    ("validate-svdquant", "wan_export.validators.validate:validate",
-     {"path": "{out}/svdquant-int4", "against": "{src}"}),
+    ("comfyui-fp8-calibrated", _BUILD, _art("comfyui-fp8")),
+    ("validate-comfyui-fp8", _CHECK, _art("comfyui-fp8")),
+    ("diffusers-fp8", _BUILD, _art("diffusers-fp8")),
+    ("validate-diffusers-fp8", _CHECK, _art("diffusers-fp8")),
+    ("svdquant-int4", _BUILD, _art("svdquant-int4")),
+    ("validate-svdquant", _CHECK, _art("svdquant-int4")),
     ("report", "wan_export.release_pipeline.demo_steps:finish",
      {"recipe": DEMO_RECIPE, "dist": "{out}/dist", "source": "{src}"}),
 )
-
-
-def calibrate_demo(src: str, output: str) -> dict:
-    """The demo's CALIB: 2 prompts x 4 steps at 64x64, 5 frames, 64 sampled rows per layer.
-
-    Image-conditioned variants get a synthetic first (and last) frame written beside it."""
-    from wan_export.calibration.run import calibrate
-    from wan_export.release import open_input
-    from wan_export.synthetic import write_image
-
-    mt = next(iter(open_input(src).dits.values())).config.model_type
-    images = {}
-    if mt in ("i2v", "flf2v"):
-        images["image"] = write_image(os.path.join(os.path.dirname(output), "first_frame.png"), 64, 64, seed=1)
-    if mt == "flf2v":
-        images["last_image"] = write_image(os.path.join(os.path.dirname(output), "last_frame.png"), 64, 64, seed=2)
-    return calibrate(src, output, num_prompts=2, steps=4, size="64x64", frames=5, save_activations=64, **images)
 
 
 def run_demo(output: str, variant: str = DEFAULT_VARIANT, *, overwrite: bool = False,

@@ -117,7 +117,8 @@ def _file_sha256(path: str) -> str:
 
 def calibrate(src: str, output: str, *, prompts: str | None = None, num_prompts: int | None = None,
               steps: int | None = None, size: str | None = None, frames: int | None = None,
-              guidance: float | None = None, seed: int = 0, image: str | None = None,
+              guidance: float | None = None, shift: float | None = None, solver: str | None = None,
+              seed: int = 0, image: str | None = None,
               last_image: str | None = None, device: str = "cpu", dtype: str = "fp32",
               save_activations: int = 0, imatrix_gguf: str | None = None, context: str | None = None,
               attention: bool = True, overwrite: bool = False, progress=null) -> dict:
@@ -134,7 +135,8 @@ def calibrate(src: str, output: str, *, prompts: str | None = None, num_prompts:
     texts = None if context else load_prompts(prompts, num_prompts)
     t0 = time.monotonic()
     pipe = pl.load_pipeline(src, device=dev, dtype=getattr(torch, DTYPES[dtype]), text=context is None)
-    overrides = {k: v for k, v in {"steps": steps, "frames": frames, "guidance": guidance,
+    overrides = {k: v for k, v in {"steps": steps, "frames": frames, "guidance": guidance, "shift": shift,
+                                   "solver": solver,
                                    "width": wh and wh[0], "height": wh and wh[1], "seed": seed}.items()
                  if v is not None}
     settings = pl.official_settings(pipe.variant, **overrides)

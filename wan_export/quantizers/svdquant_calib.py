@@ -1,10 +1,8 @@
-"""What SVDQuant reads from a CALIB file, and a small CALIB maker for tests and the demo.
+"""What SVDQuant reads from a CALIB file.
 
 `layer_inputs` is the one place SVDQuant reads calibration (through
 `wan_export.calibration.calibfile.read_calib`): one Linear's activation sample and
 per-channel amax, on demand, so only one layer's sample is in memory at a time.
-`ensure_calib` gives the demo a CALIB with activation samples (random-input reference
-forwards through `quantizers.calib_synthetic`) unless one is already there.
 """
 from __future__ import annotations
 
@@ -32,16 +30,3 @@ def calib_provenance(calib) -> dict:
     keep = ("format", "source_sha256", "variant", "prompt_set_sha256", "num_prompts", "steps", "size", "frames",
             "guidance", "shift", "seed", "solver", "tool_version", "experts", "activation_rows", "inputs")
     return {k: calib.meta[k] for k in keep if k in calib.meta}
-
-
-def ensure_calib(src: str, output: str, rows: int = 64) -> str:
-    """The demo's CALIB: keep one already at `output` (e.g. from a calibrate step), else write one
-    from random-input reference forwards (quantizers.calib_synthetic) with activation samples."""
-    import os
-
-    from wan_export.quantizers.calib_synthetic import write_synthetic_calib
-
-    if not os.path.isfile(output):
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        write_synthetic_calib(src, output, save_activations=rows)
-    return output

@@ -33,6 +33,13 @@ def check(recipe: str, artifact: str, dist: str, source: str) -> dict:
             "checks": [c for r in reports for c in r["checks"]]}
 
 
+def calibrate(recipe: str, dist: str, source: str) -> dict:
+    """The recipe's shared CALIB (release_pipeline.calibration), as the release job 'calibrate' makes it."""
+    from wan_export.release_pipeline.calibration import ensure
+
+    return {"artifact": ensure(_ctx(recipe, dist, source)), "result": "written"}
+
+
 def finish(recipe: str, dist: str, source: str) -> dict:
     result = engine.finish(_ctx(recipe, dist, source))
     return {"artifact": os.path.join(result["dist"], "report.html")}

@@ -33,7 +33,6 @@ class Context:
     src: str
     progress: object = null
     jobs: int = 0
-    calibration_file: str | None = None
     _source: dict = field(default_factory=dict)
 
     def recipe_path(self, p: str | None) -> str | None:
@@ -103,8 +102,13 @@ def build(ctx: Context, art: dict) -> dict:
         rec.update(status="unavailable", reason=why)
     else:
         start = time.perf_counter()
+        opts = dict(art["options"])
+        if F.needs_calibration(art):
+            from wan_export.release_pipeline.calibration import ensure
+
+            opts["_calib"] = ensure(ctx)
         with atomic_dir(os.path.join(ctx.dist, art["name"]), overwrite=True) as tmp:
-            F.FORMATS[art["format"]].build(ctx.src, tmp, art["options"], ctx)
+            F.FORMATS[art["format"]].build(ctx.src, tmp, opts, ctx)
         rec.update(status="built", files=M.file_rows(ctx.dist, art["name"]))
         rec["bytes"] = sum(f["bytes"] for f in rec["files"])
         _timing(ctx, art["name"], build_s=time.perf_counter() - start)
@@ -183,11 +187,15 @@ def release(recipe_path: str, dist: str | None = None, *, only=(), source: str |
             resume: bool = False, progress=null) -> dict:
     """Run the recipe's jobs (or --only NAMEs) into DIST; a full run also writes the release files."""
     recipe = load(recipe_path)
-    names = list(only) or recipe.names
+    names = [n for n in only if n != "calibrate"] if only else recipe.names
     arts = [recipe.artifact(n) for n in names]
     dist = os.path.abspath(dist or "dist")
     os.makedirs(dist, exist_ok=True)
     ctx = Context(recipe, dist, resolve_source(recipe, dist, source), progress, jobs)
+    if "calibrate" in only and recipe.calibration is not None:    # the plan's calibration job
+        from wan_export.release_pipeline.calibration import ensure
+
+        ensure(ctx)
     records = [run_job(ctx, a, resume) for a in arts]
     if only:
         return _result(ctx, records, finished=False)

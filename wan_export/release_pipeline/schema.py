@@ -52,6 +52,8 @@ CALIBRATION = {
     "seed": Opt("int", "sampling seed", default=0),
     "solver": Opt("str", "sampler", choices=("unipc", "euler"), default="unipc"),
     "save_activations": Opt("int", "input rows kept per layer (GPTQ/SVDQuant)", default=0),
+    "image": Opt("str", "first frame for I2V/FLF2V/TI2V calibration, relative to the recipe"),
+    "last_image": Opt("str", "last frame for FLF2V calibration, relative to the recipe"),
     "gpus": Opt("int", "GPUs for torchrun (1: no torchrun)", default=1),
 }
 
