@@ -81,14 +81,15 @@ def quant_options(choices):
 
 def quant_request(quant, layout, calib, act_calib, rounding, exclude_blocks, tensor_types):
     """The QuantRequest of the options above, or None without --quant."""
-    from wan_export.converters.quant_plan import QuantRequest
     from wan_export.errors import BadInputError
-    from wan_export.quantizers.policy import parse_exclude_blocks, parse_overrides
 
     if quant is None:
         if calib or tensor_types or exclude_blocks or rounding != "nearest":
             raise BadInputError("--calib, --rounding, --exclude-blocks and --tensor-type need --quant")
         return None
+    from wan_export.converters.quant_plan import QuantRequest     # imports torch: only when quantizing
+    from wan_export.quantizers.policy import parse_exclude_blocks, parse_overrides
+
     return QuantRequest(quant, layout, calib, act_calib, rounding, parse_exclude_blocks(exclude_blocks),
                         parse_overrides(tensor_types))
 

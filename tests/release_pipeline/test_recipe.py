@@ -40,13 +40,13 @@ def test_shipped_recipes_parse():
         assert r.artifacts and r.model["base_model"].startswith("Wan-AI/")
 
 
-def test_future_formats_are_schema_but_not_available():
+def test_every_format_of_the_shipped_recipes_is_in_this_build():
     r = recipe.load(os.path.join(ROOT, "recipes", "wan2.1-t2v-14b.toml"))
     why = {a["name"]: formats.unavailable(a) for a in r.artifacts}
-    assert why["comfyui-bf16"] is None and why["diffusers"] is None
-    assert why["trt-fp8-sm89"] == "trt writer not available in this build"
-    assert why["svdquant-int4"] == "svdquant writer not available in this build"
-    assert why["comfyui-fp8"] == "comfyui quant fp8 not available in this build"
+    assert set(why) >= {"comfyui-bf16", "comfyui-fp8", "diffusers", "trt-fp8-sm89", "svdquant-int4"}
+    assert all(v is None for v in why.values()), why
+    assert formats.unavailable({"format": "comfyui", "options": {"quant": "fp4x"}}) == \
+        "comfyui quant fp4x not available in this build"
     assert r.calibration["steps"] == 8
 
 

@@ -28,9 +28,9 @@ name = "gguf"
 format = "gguf"
 types = ["Q8_0"]
 [[artifact]]
-name = "trt"
-format = "trt"
-precision = "fp8"
+name = "vae"
+format = "comfyui"
+component = "vae"
 """
 
 
@@ -59,12 +59,12 @@ def _read(p) -> bytes:
 def test_release_writes_everything(one_run):
     dist, result = one_run
     status = {a["name"]: a["status"] for a in result["artifacts"]}
-    assert status == {"comfyui-bf16": "passed", "gguf": "passed", "trt": "unavailable"}
+    assert status == {"comfyui-bf16": "passed", "gguf": "passed", "vae": "passed"}
     man = json.loads(_read(dist / "manifest.json"))
     assert man["format"] == "wan-export-release/1" and man["source"]["synthetic"] == "wan2.1-t2v-1.3b"
     sums = _read(dist / "SHA256SUMS").decode().splitlines()
     files = [f for a in man["artifacts"] for f in a.get("files", [])]
-    assert len(sums) == len(files) == 2
+    assert len(sums) == len(files) == 3
     for line in sums:
         digest, path = line.split("  ")
         assert hashlib.sha256(_read(dist / path)).hexdigest() == digest
@@ -74,13 +74,13 @@ def test_release_writes_everything(one_run):
     card = _read(dist / "README.md").decode()
     assert card.startswith("---\nbase_model: Wan-AI/Wan2.1-T2V-1.3B\nbase_model_relation: quantized\n")
     for text in ("library_name:", "pipeline_tag: text-to-video", "license: apache-2.0", "tags:",
-                 "ComfyUI/models/diffusion_models/", "UnetLoaderGGUF", "sd -M vid_gen", "not available in this build"):
+                 "ComfyUI/models/diffusion_models/", "UnetLoaderGGUF", "sd -M vid_gen", "VAELoader"):
         assert text in card
     html = _read(dist / "report.html").decode()
     assert "<svg" in html and "http" not in html.replace("http://www.w3.org/2000/svg", "") and "<script" not in html
     assert "sampling parity: not run" in html
     report = json.loads(_read(dist / "report.json"))
-    assert [s["artifact"] for s in report["summary"]] == ["comfyui-bf16", "gguf", "trt"]
+    assert [s["artifact"] for s in report["summary"]] == ["comfyui-bf16", "gguf", "vae"]
     assert 0.5 < report["summary"][1]["ratio_bf16"] < 0.9    # Q8_0 vs bf16 (tiny: F16/F32 embeddings dominate)
     assert "timings" not in man and json.loads(_read(dist / "timings.json"))["gguf"]["build_s"] >= 0
 
@@ -91,7 +91,7 @@ def test_same_recipe_same_bytes_and_fan_out(runner, recipe, one_run, tmp_path):
     plan = runner.invoke(cli, ["release", recipe, "--plan", "--json"])
     assert plan.exit_code == 0, plan.output
     matrix = json.loads(plan.stdout)["matrix"]["include"]
-    assert [m["artifact"] for m in matrix] == ["comfyui-bf16", "gguf"]
+    assert [m["artifact"] for m in matrix] == ["comfyui-bf16", "gguf", "vae"]
     jobs = []
     for m in matrix:
         out = tmp_path / f"job-{m['artifact']}"
@@ -99,10 +99,8 @@ def test_same_recipe_same_bytes_and_fan_out(runner, recipe, one_run, tmp_path):
         assert r.exit_code == 0, r.output
         assert not (out / "manifest.json").exists()
         jobs.append(str(out))
-    trt = tmp_path / "job-trt"
-    assert runner.invoke(cli, ["release", recipe, "--only", "trt", "-o", str(trt), "-q"]).exit_code == 0
     merged = tmp_path / "merged"
-    r = runner.invoke(cli, ["release", recipe, "--collect", *jobs, str(trt), "-o", str(merged)])
+    r = runner.invoke(cli, ["release", recipe, "--collect", *jobs, "-o", str(merged)])
     assert r.exit_code == 0, r.output
     for name in ("manifest.json", "SHA256SUMS", "README.md", "report.json", "report.html", "report.md"):
         assert _read(merged / name) == _read(dist / name), name
@@ -120,7 +118,7 @@ def test_resume_skips_matching_and_rebuilds_changed(runner, recipe, one_run, tmp
     victim.write_bytes(b"corrupt")
     r = runner.invoke(cli, ["release", recipe, "-o", str(dist), "--resume", "--json", "-q"])
     resumed = {a["name"]: a["resumed"] for a in json.loads(r.stdout)["artifacts"]}
-    assert resumed == {"comfyui-bf16": True, "gguf": False, "trt": True}
+    assert resumed == {"comfyui-bf16": True, "gguf": False, "vae": True}
     assert _read(dist / "manifest.json") == _read(one_run[0] / "manifest.json")
 
 
@@ -186,5 +184,5 @@ def test_full_size_plan_and_dry_run_from_shapes(runner):
     assert ggufs["wan2.1-t2v-14b-Q4_K_M.gguf"] == file_size(VARIANTS["wan2.1-t2v-14b"].config, "Q4_K_M")
     dit = next(f for f in jobs["comfyui-bf16"]["files"] if f["path"] == "wan2.1_t2v_14B_bf16.safetensors")
     assert 28.5e9 < dit["bytes"] < 28.7e9 and len(dit["tensors"]) == 1095
-    assert jobs["trt-fp8-sm89"]["status"] == "unavailable" and jobs["calibrate"]["status"] == "unavailable"
-    assert {m["artifact"] for m in plan["matrix"]["include"]} == {"comfyui-bf16", "diffusers", "onnx-fp16"}
+    assert jobs["calibrate"]["status"] == "ready" and jobs["trt-fp8-sm89"]["needs"] == ["calibrate"]
+    assert {m["artifact"] for m in plan["matrix"]["include"]} == set(jobs) - {"calibrate"}
