@@ -79,11 +79,16 @@ class Calib:
                       if n.endswith(suffix) and n.startswith(prefix)
                       and (expert or not n.startswith(tuple(f"{e}." for e in EXPERTS))))
 
-    def layer(self, name: str, expert: str | None = None) -> dict[str, np.ndarray]:
+    def layer(self, name: str, expert: str | None = None, sample: bool = True) -> dict[str, np.ndarray]:
+        """One Linear's statistics; sample=False leaves out `input_sample` (the only large one)."""
         full = f"{expert}.{name}" if expert else name
         if f"{full}.input_amax" not in self._names:
             raise BadInputError(f"no calibration statistics for layer {full}", self.path)
-        return {f: np.array(self._file.read(f"{full}.{f}")) for f in LAYER_FIELDS if f"{full}.{f}" in self._names}
+        fields = LAYER_FIELDS if sample else tuple(f for f in LAYER_FIELDS if f != "input_sample")
+        return {f: np.array(self._file.read(f"{full}.{f}")) for f in fields if f"{full}.{f}" in self._names}
+
+    def has_sample(self, name: str, expert: str | None = None) -> bool:
+        return f"{expert + '.' if expert else ''}{name}.input_sample" in self._names
 
     def attention(self, name: str, expert: str | None = None) -> dict[str, float] | None:
         full = f"{expert}.{name}.sdpa" if expert else f"{name}.sdpa"

@@ -86,8 +86,9 @@ def check_calib(req: QuantRequest, comp, decisions: list[Decision]) -> dict[str,
     for d in quantized(decisions):
         if d.layer not in needed:
             continue
-        stats = calib.layer(d.layer, slot)
-        act_scales.check_stats({k: v for k, v in stats.items() if k != "input_sample"}, d.layer, req.calib)
+        # samples stay on disk until their layer is quantized: memory follows one layer
+        stats = calib.layer(d.layer, slot, sample=False)
+        act_scales.check_stats(stats, d.layer, req.calib)
         width = np.asarray(stats.get("input_channel_amax", np.zeros(d.shape[1]))).shape
         if width != (d.shape[1],):
             raise BadInputError(f"calibration file does not fit this model: {d.layer} has in_features "
@@ -144,9 +145,12 @@ def _layer_planned(req, comp, d: Decision, stats, rename, out_name) -> list[tupl
     def run() -> dict:
         arr = table.read(d.name)
         check_finite(arr, src_code, d.name, path)
-        if stats is not None and "input_sample" in stats:
-            act_scales.check_stats({"input_sample": stats["input_sample"]}, d.layer, req.calib)
-        result = quantize_layer(spec, arr, stats, req.method, weight_amax=_group_amax(req, comp, d))
+        layer_stats = stats
+        slot = expert_slot(comp.expert)
+        if stats is not None and req.rounding == "gptq" and req.opened_calib.has_sample(d.layer, slot):
+            layer_stats = {**stats, "input_sample": req.opened_calib.layer(d.layer, slot)["input_sample"]}
+            act_scales.check_stats({"input_sample": layer_stats["input_sample"]}, d.layer, req.calib)
+        result = quantize_layer(spec, arr, layer_stats, req.method, weight_amax=_group_amax(req, comp, d))
         req.records[out_name(d.layer)] = {"format": d.format, **result.record}
         return result.tensors
 
