@@ -57,8 +57,8 @@ class LayerStats:
     def of(cls, x: torch.Tensor, sample_rows: int = 0) -> "LayerStats":
         """The statistics of one call's rows x [..., K]; keeps `sample_rows` evenly spaced rows."""
         x = x.detach().reshape(-1, x.shape[-1]).float()
-        lo, hi = torch.aminmax(x, dim=0)                  # one pass, no |x| copy
-        cmax = torch.maximum(-lo, hi).cpu()
+        # amax and amin along rows, no |x| copy (torch.aminmax(dim=0) is ~5x slower here)
+        cmax = torch.maximum(x.amax(dim=0), -x.amin(dim=0)).cpu()
         # one call's sum in float32, accumulated across calls in float64 (einsum is far slower here)
         sum2 = x.square().sum(dim=0).double().cpu()
         rows = x if x.shape[0] <= HIST_ROWS else x[_even(x.shape[0], HIST_ROWS).to(x.device)]
