@@ -21,7 +21,7 @@ from wan_export.model import dit as dit_module
 
 _LAYER = re.compile(r"^(blocks|vace_blocks)\.\d+\..+$")
 _ATTN = re.compile(r"^(blocks|vace_blocks)\.\d+\.(self_attn|cross_attn)$")
-SOFTMAX_ROWS = 256      # query rows per head and call used for the softmax amax
+SOFTMAX_ROWS = 64      # query rows per head and call used for the softmax amax
 
 
 def calib_layers(dit: nn.Module) -> list[tuple[str, nn.Linear]]:

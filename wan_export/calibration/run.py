@@ -68,7 +68,9 @@ def _texts(pipe, prompts, context_file):
     if context_file is None:
         return None, None, prompt_set_sha256(prompts)
     ctx, neg = load_context(context_file)
-    return ctx, neg, _file_sha256(context_file)
+    from wan_export.hashing import file_sha256
+
+    return ctx, neg, file_sha256(context_file)
 
 
 def load_image(path: str):
@@ -105,14 +107,6 @@ def load_context(path: str):
     if not torch.isfinite(pe).all() or (ne is not None and not torch.isfinite(ne).all()):
         raise BadInputError("embeddings contain NaN/Inf", path)
     return list(pe), ne
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def calibrate(src: str, output: str, *, prompts: str | None = None, num_prompts: int | None = None,

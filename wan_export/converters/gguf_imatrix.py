@@ -13,11 +13,10 @@ squared input activation of each column, reused for every row of that weight
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from wan_export.errors import BadInputError
+from wan_export.hashing import file_sha256
 
 PREFIXES = ("model.diffusion_model.", "model.high_noise_diffusion_model.")     # sd.cpp names
 SUMS, COUNTS = ".in_sum2", ".counts"
@@ -32,11 +31,7 @@ def _stock(name: str) -> str:
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def _from_gguf(path: str, expert: str | None = None) -> dict[str, np.ndarray]:

@@ -25,11 +25,9 @@ MARGINS = {
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
+    from wan_export.hashing import file_sha256
+
+    return file_sha256(path)
 
 
 def sha256_json(obj) -> str:
