@@ -84,6 +84,7 @@ def input_hash(ctx: Context, art: dict) -> str:
     calib = ctx.recipe.calibration if F.needs_calibration(art) else None
     return M.sha256_json({"tool": __version__, "format": art["format"], "options": art["options"],
                           "calibrated": art["calibrated"], "validate": art["validate"],
+                          "sampling": art.get("sampling", False),
                           "gate": ctx.recipe.gates.get(art["name"]), "calibration": calib,
                           "source": ctx.source["sha256"]})
 
@@ -127,7 +128,8 @@ def check(ctx: Context, art: dict) -> dict:
     module, fn = (fmt.validator or "wan_export.validators.validate:validate").split(":")
     validate = getattr(import_module(module), fn)
     for target in F.validation_targets(fmt, os.path.join(ctx.dist, art["name"])):
-        report = validate(target, ctx.src)
+        sampling = {"sampling": {}} if art.get("sampling") and not fmt.validator else {}
+        report = validate(target, ctx.src, **sampling)
         _apply_gate(report, ctx.recipe.gates.get(art["name"]))
         d = json.loads(report.to_json())
         d.update(artifact=os.path.relpath(target, ctx.dist).replace(os.sep, "/"), against="source")

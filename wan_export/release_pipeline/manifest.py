@@ -21,6 +21,7 @@ MARGINS = {
     "max_abs": ("max_abs", lambda v, b: v / b if b else (0.0 if v == 0 else math.inf)),
     "min_cosine": ("cosine", lambda v, b: (1 - v) / (1 - b) if b < 1 else (0.0 if v >= 1 else math.inf)),
     "min_snr_db": ("snr_db", lambda v, b: b / v if v > 0 else math.inf),
+    "min_psnr_db": ("psnr_db", lambda v, b: b / v if v > 0 else math.inf),
 }
 
 

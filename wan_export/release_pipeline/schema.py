@@ -62,6 +62,7 @@ GATE = {
     "min_cosine": Opt("float", "replaces the cosine bound"),
     "max_abs": Opt("float", "replaces the max-abs bound"),
     "min_snr_db": Opt("float", "replaces the SNR bound"),
+    "min_psnr_db": Opt("float", "replaces the decoded-video PSNR bound (sampling parity)"),
 }
 
 # keys every artifact takes, whatever its format
@@ -70,6 +71,8 @@ COMMON = {
     "format": Opt("str", "an artifact format (table below)", required=True),
     "calibrated": Opt("bool", "built from the [calibration] statistics", default=False),
     "validate": Opt("bool", "validate and gate this artifact", default=True),
+    "sampling": Opt("bool", "also validate by sampling through it (validate --sampling): per-step curves "
+                    "and preview frames in the report", default=False),
 }
 
 SECTIONS = {"model": MODEL, "source": SOURCE, "calibration": CALIBRATION}
