@@ -81,20 +81,3 @@ def pieces(req: QuantRequest) -> dict:
     if req.fmt == "fp8":
         out["t5"] = t5_piece(req)
     return out
-
-
-def demo_fp8(src: str, calib: str, output: str) -> dict:
-    """The demo's calibrated fp8 ComfyUI DiT (uses the calibrate step's CALIB; makes a synthetic one
-    from random DiT inputs if that step did not run)."""
-    import os
-
-    from wan_export.converters.comfyui import convert
-    from wan_export.quantizers.calib_synthetic import write_synthetic_calib
-
-    notes = []
-    if not os.path.exists(calib):
-        calib = write_synthetic_calib(src, os.path.join(os.path.dirname(output), "calib_synthetic.safetensors"))
-        notes.append(f"no calibrate step output: synthetic CALIB {calib}")
-    result = convert(src, output, component="dit", quant=QuantRequest("fp8", calib=calib))
-    result["notes"] = notes + result["notes"]
-    return result
