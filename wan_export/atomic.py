@@ -23,25 +23,10 @@ def _os_error(e: OSError, path: str) -> WanExportError:
 @contextlib.contextmanager
 def atomic_file(path: str, mode: str = "wb"):
     """Yield a file object writing to a temp file beside `path`; rename on success."""
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
-    except OSError as e:
-        raise _os_error(e, path) from None
-    try:
-        with os.fdopen(fd, mode) as f:
+    with atomic_path(path, overwrite=True) as tmp:
+        with open(tmp, mode) as f:
             yield f
             f.flush()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        raise _os_error(e, path) from None
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 @contextlib.contextmanager

@@ -42,17 +42,11 @@ def importance(calib: Calib, shapes: dict[str, tuple], expert: str | None, path:
 def write_imatrix_gguf(path: str, entries: list[tuple[str, np.ndarray, int]], datasets: list[str],
                        chunk_count: int, chunk_size: int) -> None:
     """entries: (tensor name as the consumer names it, float32 sum of squares, count)."""
-    import os
-    import tempfile
-
     import gguf
 
-    from wan_export.atomic import _os_error
+    from wan_export.atomic import atomic_path
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, overwrite=True) as tmp:     # gguf-py writes by name
         w = gguf.GGUFWriter(tmp, arch="imatrix")
         w.add_type("imatrix")
         w.add_array("imatrix.datasets", datasets)
@@ -65,11 +59,3 @@ def write_imatrix_gguf(path: str, entries: list[tuple[str, np.ndarray, int]], da
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        os.unlink(tmp)
-        raise _os_error(e, path) from None
-    except BaseException:
-        os.unlink(tmp)
-        raise
