@@ -8,17 +8,17 @@ reading, the float32 conversion, quantizing and writing all count, and the fixed
 start-up is left out only as far as the F32 run has it too: the numba import and
 code loading are counted). Runs alternate with the anchor, best of `--repeat`.
 
-The C column: with `--ggml-lib PATH` (a libggml-base.so you built, e.g. ggml's
-CMake `-DGGML_NATIVE=OFF`, no -march, no FMA: shared/golden/ggml/README.md), the
-same tensors go through its `ggml_quantize_chunk` in this process, interleaved
-with our runs; without it, the single-thread figures of that README are used.
+The C column: the same tensors go through `ggml_quantize_chunk` in this process,
+interleaved with our runs, from a libggml-base that ggml_c.py builds here (CMake
+`-DGGML_NATIVE=OFF`, no -march, no FMA, as tests/data/golden/ggml/README.md says;
+checked against the golden vectors), or from `--ggml-lib PATH`; with `--ggml-lib none`
+or no compiler, the single-thread figures of that README are used.
 
-    python benchmarks/bench_gguf_cli.py [--layers 1] [--repeat 3] [--types Q4_K,Q6_K] [--ggml-lib PATH]
+    python benchmarks/bench_gguf_cli.py [--layers 1] [--repeat 3] [--types Q4_K,Q6_K] [--ggml-lib auto|PATH|none]
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -36,6 +36,7 @@ from wan_export.safetensors_io import SafetensorsFile, SafetensorsWriter, Tensor
 from wan_export.variants import VARIANTS, dit_shapes
 
 sys.path.insert(0, os.path.dirname(__file__))
+import ggml_c  # noqa: E402
 from bench_ggml_quant import C_MBPS  # noqa: E402  (the README's C figures)
 
 TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -77,34 +78,18 @@ def cli_cpu(src: str, out: str, args: list[str]) -> float:
     return float(p.stdout.split()[-1])
 
 
-class CQuant:
-    """ggml_quantize_chunk from a user-built libggml-base, timed in this process on one core."""
+class CTensors:
+    """The run's quantized tensors as float32, timed through a ggml_c.CQuantizer on one core."""
 
-    def __init__(self, path: str, src: str, imatrix: str):
-        self.lib = ctypes.CDLL(path)
-        f = self.lib.ggml_quantize_chunk
-        f.restype = ctypes.c_size_t
-        f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                      ctypes.c_int64, ctypes.c_void_p]
+    def __init__(self, c: "ggml_c.CQuantizer", src: str, imatrix: str):
         import re
+        self.c = c
         st, ims = SafetensorsFile(src), SafetensorsFile(imatrix)
         names = [i.name for i in st.infos() if re.search(QUANTIZED, i.name) and i.name.startswith("blocks.")]
         self.tensors = [(np.ascontiguousarray(st.read(n), dtype=np.float32), np.array(ims.read(n))) for n in names]
 
     def cpu(self, name: str, imatrix: bool) -> float:
-        t = GGML_TYPES[name]
-        total = 0.0
-        for x, im in self.tensors:
-            out = np.empty((x.shape[0], t.row_bytes(x.shape[1])), np.uint8)
-            t0 = time.process_time()
-            self.lib.ggml_quantize_chunk(t.type_id, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
-                                         im.ctypes.data if imatrix else None)
-            total += time.process_time() - t0
-        return total
-
-    @property
-    def mb(self) -> float:
-        return sum(x.nbytes for x, _ in self.tensors) / 1e6
+        return sum(self.c.cpu(name, x, im if imatrix else None) for x, im in self.tensors)
 
 
 def quantized_mb(src: str) -> float:
@@ -113,7 +98,7 @@ def quantized_mb(src: str) -> float:
                if re.search(QUANTIZED, i.name) and i.name.startswith("blocks.")) / 1e6
 
 
-def measure(src: str, im: str, work: str, types, repeat: int, c: CQuant | None) -> list[dict]:
+def measure(src: str, im: str, work: str, types, repeat: int, c: CTensors | None) -> list[dict]:
     out = os.path.join(work, "out.gguf")
     mb = quantized_mb(src)
     rows = []
@@ -150,14 +135,17 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=1, help="DiT blocks (1.3B dims; 1 = 186 MB of quantized float32)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--types", default=",".join(TYPES))
-    ap.add_argument("--ggml-lib", default=None, help="a libggml-base.so built without -march (no FMA)")
+    ap.add_argument("--ggml-lib", default="auto",
+                    help="libggml-base.so built without -march (no FMA); 'auto' builds one (ggml_c.py); "
+                         "'none': the golden README's figures")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="wan-gguf-cli-") as work:
         src, im = make_source(work, args.layers)
         # one untimed run compiles (or loads) the numba kernels, as any run after the first does
         cli_cpu(src, os.path.join(work, "warm.gguf"), ["--type", "Q3_K_S", "--tensor-type", f"{QUANTIZED}=Q6_K"])
-        c = CQuant(args.ggml_lib, src, im) if args.ggml_lib else None
+        lib = ggml_c.load(args.ggml_lib)
+        c = CTensors(lib, src, im) if lib else None
         print(f"# {os.path.getsize(src) / 1e6:.0f} MB bf16 source, {quantized_mb(src):.0f} MB of quantized float32; "
               f"one pinned core; best of {args.repeat}; load average {os.getloadavg()[0]:.1f}\n")
         rows = measure(src, im, work, args.types.split(","), args.repeat, c)

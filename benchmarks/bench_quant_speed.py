@@ -2,10 +2,11 @@
 
 1. MB of bf16 input per CPU second (`time.process_time`, one thread, best of N) for each quantizer
    on a 14B ffn.0-shaped matrix (13824 x 5120), against a `clone()` anchor in the same run.
-2. Peak RSS of `wan-export comfyui --component dit --quant fp8|nvfp4` (subprocess, ru_maxrss)
-   on 1.3B-shaped DiT files of growing block count: flat in model size means streaming.
+2. Peak RSS (the child's own VmHWM) of `wan-export comfyui|diffusers --quant fp8|nvfp4`
+   on 14B-shaped bf16 DiT files of growing block count, each generated tensor by tensor in a subprocess:
+   flat in model size means streaming.
 
-    python benchmarks/bench_quant_speed.py [--blocks 2,8] [--repeat 3]
+    python benchmarks/bench_quant_speed.py [--shape 14B] [--blocks 2,8] [--writers comfyui,diffusers] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 
 import torch
 
@@ -55,45 +56,97 @@ def _cpu(fn) -> float:
     return time.process_time() - t
 
 
-def peak_rss(blocks: list[int]) -> list[dict]:
-    from wan_export.model.config import DiTConfig
-    from wan_export.synthetic import dit_state, write_safetensors
+# The child reports its own high-water mark: ru_maxrss of RUSAGE_CHILDREN would inherit the
+# parent's at exec, so a parent that built the source in memory would inflate every row.
+_CHILD = ("import atexit, sys\n"
+          "def _hwm():\n"
+          "    for line in open('/proc/self/status'):\n"
+          "        if line.startswith(('VmHWM', 'RssAnon', 'RssFile')): sys.stderr.write('@' + line)\n"
+          "atexit.register(_hwm)\n"
+          "from wan_export.cli import main; sys.argv = sys.argv[1:]; main()")
 
+SHAPES = {"1.3B": dict(dim=1536, ffn_dim=8960, num_heads=12),
+          "14B": dict(dim=5120, ffn_dim=13824, num_heads=40)}
+
+
+def make_source(path: str, shape: str, blocks: int) -> None:
+    """Write a bf16 DiT file tensor by tensor, so that even a 40-block 14B source never sits in memory."""
+    import zlib
+
+    import numpy as np
+
+    from wan_export.dtypes import ST_TO_NP
+    from wan_export.model.config import DiTConfig
+    from wan_export.safetensors_io import SafetensorsWriter, TensorInfo
+    from wan_export.synthetic import dit_shapes
+
+    shapes = dit_shapes(DiTConfig(num_layers=blocks, **SHAPES[shape]))
+    with SafetensorsWriter(path, [TensorInfo(k, tuple(s), "BF16") for k, s in shapes.items()]) as w:
+        for k, s in shapes.items():
+            rng = np.random.default_rng(zlib.crc32(k.encode()))
+            x = rng.standard_normal(s, dtype=np.float32) * np.float32(0.02)
+            w.write(k, x.astype(ST_TO_NP["BF16"]))
+
+
+WRITERS = {"comfyui": ["comfyui", "--component", "dit"], "diffusers": ["diffusers"]}
+
+
+def peak_rss(shape: str, blocks: list[int], quants: list[str], writers: list[str], tmp: str) -> list[dict]:
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in blocks:
-            src = write_safetensors(os.path.join(tmp, f"dit{n}.safetensors"),
-                                    dit_state(replace(DiTConfig(), num_layers=n), 0, "BF16"))
-            for quant in ("fp8", "nvfp4"):
-                out = os.path.join(tmp, f"out{n}{quant}")
-                code = ("import resource, sys; from wan_export.cli import main; sys.argv = sys.argv[1:]; "
-                        "main()")
-                t = time.perf_counter()
-                before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-                p = subprocess.run([sys.executable, "-c", code, "wan-export", "comfyui", src, "--component", "dit",
-                                    "--quant", quant, "-o", out, "-q"], capture_output=True, text=True)
-                if p.returncode:
-                    raise SystemExit(p.stderr)
-                usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-                rows.append({"blocks": n, "quant": quant, "source_mb": round(os.path.getsize(src) / 1e6),
-                             "peak_rss_mb": round(usage.ru_maxrss / 1024),
-                             "cpu_s": round(usage.ru_utime - before, 1), "wall_s": round(time.perf_counter() - t, 1)})
-                print(rows[-1], flush=True)
+    for n in blocks:
+        src = os.path.join(tmp, f"dit-{shape}-{n}.safetensors")
+        subprocess.run([sys.executable, __file__, "--make-source", src, "--shape", shape, "--blocks", str(n)],
+                       check=True)
+        for writer, quant in ((w, q) for w in writers for q in quants):
+            out = os.path.join(tmp, f"out-{writer}-{quant}")
+            t = time.perf_counter()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            p = subprocess.run([sys.executable, "-c", _CHILD, "wan-export", *WRITERS[writer], src,
+                                "--quant", quant, "-o", out, "-q"], capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(p.stderr)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            mem = {line[1:].split(":")[0]: int(line.split()[1]) // 1024
+                   for line in p.stderr.splitlines() if line.startswith("@")}
+            src_mb = os.path.getsize(src) / 1e6
+            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            rows.append({"shape": shape, "blocks": n, "writer": writer, "quant": quant, "source_mb": round(src_mb),
+                         "peak_rss_mb": mem["VmHWM"], "rss_anon_at_exit_mb": mem["RssAnon"],
+                         "cpu_s": round(cpu, 1), "wall_s": round(time.perf_counter() - t, 1),
+                         "mb_per_cpu_s": round(src_mb / cpu, 1)})
+            print(rows[-1], flush=True)
+            shutil.rmtree(out)
+        os.remove(src)
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", default="2,8")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="14B")
+    ap.add_argument("--quants", default="fp8,nvfp4")
+    ap.add_argument("--writers", default="comfyui,diffusers")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--tmp", help="folder for the generated sources (default: a temporary one)")
+    ap.add_argument("--make-source", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    print("| quantizer | MB/s of bf16 per CPU second | vs clone |\n|---|---|---|")
-    for r in throughput(args.repeat):
-        print(f"| {r['quantizer']} | {r['mb_per_cpu_s']} | {r['vs_anchor']} |", flush=True)
+    if args.make_source:
+        return make_source(args.make_source, args.shape, int(args.blocks))
+    if not args.skip_throughput:
+        print("| quantizer | MB/s of bf16 per CPU second | vs clone |\n|---|---|---|")
+        for r in throughput(args.repeat):
+            print(f"| {r['quantizer']} | {r['mb_per_cpu_s']} | {r['vs_anchor']} |", flush=True)
     if not args.skip_rss:
-        # ru_maxrss of RUSAGE_CHILDREN is the largest child so far: blocks run in increasing order
-        peak_rss(sorted(int(b) for b in args.blocks.split(",")))
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            rows = peak_rss(args.shape, [int(b) for b in args.blocks.split(",")], args.quants.split(","),
+                            args.writers.split(","), tmp)
+        print("\n| shape | blocks | source | writer | quant | peak RSS | CPU s | MB/s per CPU s |\n"
+              "|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['shape']} | {r['blocks']} | {r['source_mb'] / 1e3:.2f} GB | {r['quant']} | "
+                  f"{r['peak_rss_mb']} MB | {r['cpu_s']} | {r['mb_per_cpu_s']} |")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ sub-block k). Each C loop over i stays a sequential loop, and the work for the
 K sub-blocks inside it is element-wise, so LLVM turns it into SIMD without
 reordering any float32 sum: every lane computes exactly the scalar C result.
 Where C branches per block, the lanes use masks; where C copies levels into L on
-acceptance, the lanes keep the accepted iscale and rebuild L from it. (The
-make_qkx searches stay scalar in jit_search.py: their lane form was slower.)
+acceptance, the lanes keep the accepted iscale and rebuild L from it. The
+make_qkx searches run as lanes too (16 lanes of 16 for Q2_K, 8 of 32 for Q4_K/Q5_K).
 
 Levels are kept as float32 and rounded with the magic-number trick, which equals
 C's `nearest_int` for |v| <= 4194303 (and vectorises, unlike numba's int64 ints).
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .jit_search import JIT, F0, F1, F32, make_q3
+from .jit_search import JIT, F0, F1, F32, make_q3, make_qkx
 
 _EPS = F32(1e-15)
 _P1 = F32(0.1)
@@ -174,3 +174,111 @@ def _redo_q3(X, nmax, L, scale, k):
     scale[k] = make_q3(x, nmax, Li)
     for i in range(x.size):
         L[i, k] = F32(Li[i])
+
+
+@njit(inline="always", **JIT)
+def _qkx_levels_lanes(X, fnmax, iscale, mn, xmin, xmax, L, viol):
+    """L[i, k] = clamp(nearest_int(iscale*(x - mn)), 0, nmax); viol[k] += 1 where rint might differ."""
+    n, K = X.shape
+    for k in range(K):
+        viol[k] += outside(iscale[k] * (xmin[k] - mn[k])) + outside(iscale[k] * (xmax[k] - mn[k]))
+    for i in range(n):
+        for k in range(K):
+            L[i, k] = clamp(rint(iscale[k] * (X[i, k] - mn[k])), F0, fnmax)
+
+
+@njit(inline="always", **JIT)
+def _qkx_error_lanes(X, W, L, scale, mn, use_mad, err):
+    n, K = X.shape
+    err[:] = 0
+    for i in range(n):
+        for k in range(K):
+            diff = scale[k] * L[i, k] + mn[k] - X[i, k]
+            err[k] += W[i, k] * (abs(diff) if use_mad else diff * diff)
+
+
+@njit(**JIT)
+def qkx_lanes(X, W, nmax, rmin, rdelta, nstep, use_mad, flat_le, L, Laux, S, scale, the_min):
+    """make_qkx2_quants (flat_le False) / make_qkx3_quants (True) on every lane.
+
+    X, W [n, K]; L, Laux [n, K] float32 scratch, L receives the levels; S [16, K] scratch;
+    scale[k], the_min[k] as the scalar make_qkx returns them.
+    """
+    n, K = X.shape
+    mn, mx, sum_w, sum_x, xmin, iscale, best, cur = S[0], S[1], S[2], S[3], S[4], S[5], S[6], S[7]
+    sum_l, sum_l2, sum_xl, live, viol, t_scale, t_min, acc = S[8], S[9], S[10], S[11], S[12], S[13], S[14], S[15]
+    for k in range(K):
+        mn[k] = mx[k] = X[0, k]
+        sum_w[k] = W[0, k]
+        sum_x[k] = sum_w[k] * X[0, k]
+    for i in range(1, n):
+        for k in range(K):
+            x = X[i, k]
+            mn[k] = x if x < mn[k] else mn[k]
+            mx[k] = x if x > mx[k] else mx[k]
+            sum_w[k] += W[i, k]
+            sum_x[k] += W[i, k] * x
+    fnmax = F32(nmax)
+    for k in range(K):
+        xmin[k] = mn[k]
+        mn[k] = F0 if mn[k] > 0 else mn[k]
+        flat = (mx[k] <= mn[k]) if flat_le else (mx[k] == mn[k])
+        live[k] = F0 if flat else F1
+        viol[k] = F0
+        iscale[k] = fnmax / (mx[k] - mn[k])
+        scale[k] = F1 / iscale[k]
+    _qkx_levels_lanes(X, fnmax, iscale, mn, xmin, mx, L, viol)
+    _qkx_error_lanes(X, W, L, scale, mn, use_mad, best)
+    for step in range(nstep + 1 if nstep >= 1 else 0):
+        for k in range(K):
+            iscale[k] = (rmin + rdelta * F32(step) + fnmax) / (mx[k] - mn[k])
+        _qkx_levels_lanes(X, fnmax, iscale, mn, xmin, mx, Laux, viol)
+        sum_l[:] = 0
+        sum_l2[:] = 0
+        sum_xl[:] = 0
+        for i in range(n):
+            for k in range(K):
+                wl = W[i, k] * Laux[i, k]
+                sum_l[k] += wl
+                sum_l2[k] += wl * Laux[i, k]
+                sum_xl[k] += wl * X[i, k]
+        for k in range(K):
+            D = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k]
+            ts = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / D
+            tm = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / D
+            pos = tm > 0
+            t_scale[k] = sum_xl[k] / sum_l2[k] if pos else ts
+            t_min[k] = F0 if pos else tm
+            acc[k] = F1 if D > 0 else F0
+        _qkx_error_lanes(X, W, Laux, t_scale, t_min, use_mad, cur)
+        anyacc = False
+        for k in range(K):
+            acc[k] = F1 if (acc[k] > 0) & (cur[k] < best[k]) else F0
+            anyacc = anyacc or acc[k] > 0
+        if not anyacc:
+            continue
+        for i in range(n):
+            for k in range(K):
+                L[i, k] = Laux[i, k] if acc[k] > 0 else L[i, k]
+        for k in range(K):
+            if acc[k] > 0:
+                best[k] = cur[k]
+                scale[k] = t_scale[k]
+                mn[k] = t_min[k]
+    for k in range(K):
+        if live[k] == 0:
+            L[:, k] = 0
+            scale[k] = F0
+        elif viol[k] > 0:
+            _redo_qkx(X, W, nmax, rmin, rdelta, nstep, use_mad, flat_le, L, scale, mn, k)
+        the_min[k] = -mn[k]
+
+
+@njit(**JIT)
+def _redo_qkx(X, W, nmax, rmin, rdelta, nstep, use_mad, flat_le, L, scale, mn, k):
+    x, w = X[:, k].copy(), W[:, k].copy()
+    Lk, Laux = np.empty(x.size, F32), np.empty(x.size, F32)
+    scale[k], m = make_qkx(x, w, nmax, rmin, rdelta, nstep, use_mad, flat_le, Lk, Laux)
+    mn[k] = -m
+    for i in range(x.size):
+        L[i, k] = Lk[i]

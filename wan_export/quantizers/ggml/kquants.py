@@ -9,8 +9,10 @@ the numpy path.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 
 import numpy as np
 
@@ -141,14 +143,38 @@ def _k4_impl(xb, qw, nmax, clamp63, ws):
 
 @functools.cache
 def jit():
-    """kquants_jit if numba imports and WAN_EXPORT_NUMBA is not 0, else None (numpy path)."""
+    """kquants_jit if numba imports and WAN_EXPORT_NUMBA is not 0, else None (numpy path).
+
+    Loading numba's compiled-code support happens on the first call of any jitted
+    function and costs most of numba's fixed start-up; it is done here, once.
+    """
     if os.environ.get("WAN_EXPORT_NUMBA", "1") == "0":
         return None
     try:
-        from . import kquants_jit
+        with _scipy_held_off():
+            from . import kquants_jit
+            kquants_jit.warm_up()
     except ImportError:
         return None
     return kquants_jit
+
+
+@contextlib.contextmanager
+def _scipy_held_off():
+    """numba's first call imports scipy.linalg (~0.15 CPU s) only to learn whether np.dot has a BLAS.
+
+    The kernels use no BLAS, so scipy is made unimportable for that moment (where it is not
+    imported already); numba then records "no BLAS" and scipy imports normally afterwards.
+    """
+    if "scipy" in sys.modules:
+        yield
+        return
+    sys.modules["scipy"] = None
+    try:
+        yield
+    finally:
+        if sys.modules.get("scipy", 0) is None:
+            del sys.modules["scipy"]
 
 
 class _KQuant:

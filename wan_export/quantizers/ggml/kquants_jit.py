@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .jit_lanes import q3_lanes, qx_lanes
-from .jit_search import JIT, F0, F32, make_qkx, make_qp, make_qx, nearest_int, put_fp16
+from .jit_lanes import q3_lanes, qkx_lanes, qx_lanes
+from .jit_search import JIT, F0, F32, make_qp, make_qx, nearest_int, put_fp16
 
 QK_K = 256
 _F2, _F15, _F32_, _F63, _F256 = F32(2), F32(15), F32(32), F32(63), F32(256)
@@ -121,42 +121,28 @@ def _q2k_scales(scales, mins, y):
 
 
 @njit(**JIT)
-def _weights_imatrix(x, qw, sigma2, w, sw, n):
-    """w = qw*sqrtf(sigma2 + x²) per element; sw[j] = their sequential sum per sub-block of n."""
-    for j in range(x.size // n):
-        s = F0
-        for i in range(n * j, n * j + n):
-            w[i] = qw[i] * np.sqrt(sigma2 + x[i] * x[i])
-            s += w[i]
-        sw[j] = s
-
-
-@njit(**JIT)
 def _q2k(xs, qws, out):
-    L, Laux, w = np.empty(QK_K, F32), np.empty(16, F32), np.empty(QK_K, F32)
     Li = np.empty(QK_K, np.int32)
+    X, W, _, Lt, Laux, S, _ = _lane_buffers(16, 16)
     scales, mins, sw = np.empty(16, F32), np.empty(16, F32), np.empty(16, F32)
     Ls, Lm = np.empty(16, np.int32), np.empty(16, np.int32)
     for b in range(xs.shape[0]):
         x, y = xs[b], out[b]
+        _to_lanes(x, X)
         if qws.shape[0] == 0:
-            for i in range(QK_K):
-                w[i] = abs(x[i])
-            for j in range(16):
-                sl = slice(16 * j, 16 * j + 16)
-                scales[j], mins[j] = make_qkx(x[sl], w[sl], 3, _M05, _P1, 15, True, False, L[sl], Laux)
+            for i in range(16):
+                for k in range(16):
+                    W[i, k] = abs(X[i, k])
+            qkx_lanes(X, W, 3, _M05, _P1, 15, True, False, Lt, Laux, S, scales, mins)
             d, dmin = _q2k_scales(scales, mins, y)
         else:
-            _weights_imatrix(x, qws[b % qws.shape[0]], _sigma2(x, F32(1)), w, sw, 16)
-            for j in range(16):
-                sl = slice(16 * j, 16 * j + 16)
-                scales[j], mins[j] = make_qkx(x[sl], w[sl], 3, _M09, _P05, 36, False, True, L[sl], Laux)
+            _imatrix_lanes(X, qws[b % qws.shape[0]], _sigma2(x, F32(1)), W, sw)
+            qkx_lanes(X, W, 3, _M09, _P05, 36, False, True, Lt, Laux, S, scales, mins)
             d = put_fp16(y, 80, make_qp(scales, 15, sw, Ls))
             dmin = put_fp16(y, 82, make_qp(mins, 15, sw, Lm))
             for j in range(16):
                 y[j] = (Ls[j] | (Lm[j] << 4)) & 0xFF
-        for i in range(QK_K):
-            Li[i] = np.int32(L[i])
+        _from_lanes(Lt, Li)
         for j in range(16):
             sc = np.int64(y[j])
             _requant(x[16 * j:16 * j + 16], Li[16 * j:16 * j + 16], d * F32(sc & 0xF), dmin * F32(sc >> 4), 0, 3, 0)
@@ -259,19 +245,21 @@ def _k4_requant(x, L, sc, d, dmin, nmax):
 
 
 @njit(**JIT)
-def _k4_ref_scales(x, w, nmax, rmin, rdelta, nstep, L, Laux, scales, mins, ls, lm):
+def _k4_ref_scales(X, W, nmax, rmin, rdelta, nstep, Lt, Laux, S, scales, mins, ls, lm):
     """_ref: per-32 weights av_x + |x|, make_qkx2, linear 6-bit scales; returns (d, dmin) to store."""
+    sum_x2 = S[0]
+    sum_x2[:] = 0
+    for i in range(32):
+        for k in range(8):
+            sum_x2[k] += X[i, k] * X[i, k]
+    for k in range(8):
+        sum_x2[k] = np.sqrt(sum_x2[k] / _F32_)          # av_x
+    for i in range(32):
+        for k in range(8):
+            W[i, k] = sum_x2[k] + abs(X[i, k])
+    qkx_lanes(X, W, nmax, rmin, rdelta, nstep, False, False, Lt, Laux, S, scales, mins)
     max_scale = max_min = F0
     for j in range(8):
-        sl = slice(32 * j, 32 * j + 32)
-        xj = x[sl]
-        sum_x2 = F0
-        for l in range(32):
-            sum_x2 += xj[l] * xj[l]
-        av_x = np.sqrt(sum_x2 / _F32_)
-        for l in range(32):
-            w[32 * j + l] = av_x + abs(xj[l])
-        scales[j], mins[j] = make_qkx(xj, w[sl], nmax, rmin, rdelta, nstep, False, False, L[sl], Laux)
         max_scale = scales[j] if scales[j] > max_scale else max_scale
         max_min = mins[j] if mins[j] > max_min else max_min
     inv_scale = _F63 / max_scale if max_scale > 0 else F0
@@ -283,11 +271,9 @@ def _k4_ref_scales(x, w, nmax, rmin, rdelta, nstep, L, Laux, scales, mins, ls, l
 
 
 @njit(**JIT)
-def _k4_impl_scales(x, w, qw, nmax, L, Laux, scales, mins, sw, ls, lm):
-    _weights_imatrix(x, qw, _sigma2(x, _F2), w, sw, 32)
-    for j in range(8):
-        sl = slice(32 * j, 32 * j + 32)
-        scales[j], mins[j] = make_qkx(x[sl], w[sl], nmax, _M09, _P05, 36, False, True, L[sl], Laux)
+def _k4_impl_scales(x, X, W, qw, nmax, Lt, Laux, S, scales, mins, sw, ls, lm):
+    _imatrix_lanes(X, qw, _sigma2(x, _F2), W, sw)
+    qkx_lanes(X, W, nmax, _M09, _P05, 36, False, True, Lt, Laux, S, scales, mins)
     d_block = make_qp(scales, 63, sw, ls)
     m_block = make_qp(mins, 63, sw, lm)
     if nmax == 31:
@@ -301,18 +287,18 @@ def _k4_impl_scales(x, w, qw, nmax, L, Laux, scales, mins, sw, ls, lm):
 def _k4(xs, qws, out, nmax, rmin, rdelta, nstep):
     """Q4_K (nmax 15) and Q5_K (nmax 31): d, dmin, scales[12], then Q5_K's qh[32], then qs[128]."""
     L = np.empty(QK_K, np.int32)
-    Lf, Laux, w = np.empty(QK_K, F32), np.empty(32, F32), np.empty(QK_K, F32)
+    X, W, _, Lt, Laux, S, _ = _lane_buffers(32, 8)
     scales, mins, sw = np.empty(8, F32), np.empty(8, F32), np.empty(8, F32)
     ls, lm = np.empty(8, np.int32), np.empty(8, np.int32)
     qs = 16 if nmax == 15 else 48
     for b in range(xs.shape[0]):
         x, y = xs[b], out[b]
+        _to_lanes(x, X)
         if qws.shape[0] == 0:
-            d, dmin = _k4_ref_scales(x, w, nmax, rmin, rdelta, nstep, Lf, Laux, scales, mins, ls, lm)
+            d, dmin = _k4_ref_scales(X, W, nmax, rmin, rdelta, nstep, Lt, Laux, S, scales, mins, ls, lm)
         else:
-            d, dmin = _k4_impl_scales(x, w, qws[b % qws.shape[0]], nmax, Lf, Laux, scales, mins, sw, ls, lm)
-        for i in range(QK_K):
-            L[i] = np.int32(Lf[i])
+            d, dmin = _k4_impl_scales(x, X, W, qws[b % qws.shape[0]], nmax, Lt, Laux, S, scales, mins, sw, ls, lm)
+        _from_lanes(Lt, L)
         _k4_pack_scales(ls, lm, y[4:16])
         d = put_fp16(y, 0, d)
         dmin = put_fp16(y, 2, dmin)
@@ -380,6 +366,11 @@ def _q6k(xs, qws, out):
 TYPE_SIZE = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
 # Q4_K / Q5_K _ref searches: make_qkx2_quants(32, nmax, ..., rmin, rdelta, nstep)
 _K4_REF = {"Q4_K": (15, _M1, _P1, 20), "Q5_K": (31, _M05, _P1, 15)}
+
+
+def warm_up() -> None:
+    """Load numba's compiled-code support (what any first jitted call does) on a trivial kernel."""
+    _requant(np.zeros(1, F32), np.zeros(1, np.int32), F32(0), F32(0), 0, 0, 0)
 
 
 def quantize_rows(name: str, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
