@@ -11,6 +11,8 @@ does not reproduce the golden vectors in tests/data/golden/ggml/ byte for byte,
 so the speed being compared is that of the same math.
 
     python benchmarks/ggml_c.py          # build (or find) it and print its path
+    python benchmarks/ggml_c.py --extreme tests/data/ggml_c_extreme.npz
+                                         # regenerate the extreme-magnitude vectors the tests use
 """
 from __future__ import annotations
 
@@ -112,9 +114,37 @@ def load(spec: str | None) -> CQuantizer | None:
     return CQuantizer(path) if path else None
 
 
+K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+
+def extreme_inputs() -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose squares or sums overflow float32 (finite weights the golden set does not reach)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 512)).astype(np.float32)
+    x[0, ::37] = 3e38
+    x[1] *= np.float32(1e30)
+    x[2, ::16] = -3e38
+    x[3] *= np.float32(1e-38)
+    x[4, :16] = 1e20
+    x[4, 16:32] = -1e-30
+    x[5] = np.where(rng.random(512) < 0.5, 1e19, -1e19)
+    return x, rng.chisquare(2, 512).astype(np.float32)
+
+
+def write_extreme(path: str, c: CQuantizer) -> None:
+    x, im = extreme_inputs()
+    out = {"input": x, "imatrix": im}
+    for name in K_TYPES:
+        out[f"{name}_chunk"] = c.quantize(name, x)
+        out[f"{name}_chunk_imatrix"] = c.quantize(name, x, im)
+    np.savez_compressed(path, source=np.array(f"{SDIST} ggml-base, -DGGML_NATIVE=OFF"), **out)
+
+
 if __name__ == "__main__":
     path = build()
     if path is None:
         sys.exit("no compiler or no sdist: the benchmarks fall back to the golden README's C figures")
-    CQuantizer(path)
+    c = CQuantizer(path)
+    if sys.argv[1:2] == ["--extreme"]:
+        write_extreme(sys.argv[2], c)
     print(path)

@@ -2,7 +2,9 @@
 
 `tests/data/keys/` holds the official key lists (name<TAB>[shape] per tensor of
 each released module) and `tests/data/golden/ggml/` the ggml golden vectors
-(see its README.md for how they were made). Both are part of the repository, so
+(see its README.md for how they were made); `tests/data/ggml_c_extreme.npz` adds rows
+near float32's limits quantized by ggml's C code (benchmarks/ggml_c.py --extreme made it,
+from the llama-cpp-python 0.3.36 sdist's ggml). All are part of the repository, so
 a fresh clone runs every test that needs them; a missing file is an error.
 """
 import functools

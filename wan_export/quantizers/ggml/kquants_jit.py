@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .jit_lanes import q3_lanes, qkx_lanes, qx_lanes
+from .jit_lanes import clamp, outside, q3_lanes, qkx_lanes, qx_lanes, rint
 from .jit_search import JIT, F0, F32, make_qp, make_qx, nearest_int, put_fp16
 
 QK_K = 256
 _F2, _F15, _F32_, _F63, _F256 = F32(2), F32(15), F32(32), F32(63), F32(256)
 _M1, _M05, _M09, _P05, _P1 = F32(-1), F32(-0.5), F32(-0.9), F32(0.05), F32(0.1)
 _M32, _M128 = F32(-32), F32(-128)
+_M4, _P3, _P4 = F32(-4), F32(3), F32(4)
 
 
 @njit(**JIT)
@@ -153,8 +154,12 @@ def _q2k(xs, qws, out):
 
 
 @njit(**JIT)
-def _q3k_finish(x, L, ls, d_block, y):
-    """Pack 16 six-bit scales (+32 already) and d, requantize, write hmask and 2-bit qs."""
+def _q3k_finish(x, X, Lt, R, D, L, ls, d_block, y):
+    """Pack 16 six-bit scales (+32 already) and d, requantize, write hmask and 2-bit qs.
+
+    Lt holds make_q3's levels (+4) as lanes; R is scratch. The requantization rounds with
+    rint unless some x/d is outside its exact range (then the scalar pass, as C's bits).
+    """
     sc = y[96:108]
     sc[:] = 0
     for j in range(16):
@@ -167,13 +172,31 @@ def _q3k_finish(x, L, ls, d_block, y):
     d_all = put_fp16(y, 108, d_block)
     for j in range(16):
         lo = (np.int64(sc[j]) & 0xF) if j < 8 else (np.int64(sc[j - 8]) >> 4)
-        s = (lo | (((np.int64(sc[8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
-        _requant(x[16 * j:16 * j + 16], L[16 * j:16 * j + 16], d_all * F32(s), F0, -4, 3, 4)
-    y[0:32] = 0
-    for j in range(QK_K):
-        if L[j] > 3:
-            y[j % 32] |= 1 << (j // 32)
-            L[j] -= 4
+        D[j] = d_all * F32((lo | (((np.int64(sc[8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32)
+    viol = F0
+    for j in range(16):
+        d = D[j]
+        if d == 0:                                     # C keeps make_q3's levels
+            for i in range(16):
+                L[16 * j + i] = np.int32(Lt[i, j])
+            continue
+        for i in range(16):
+            v = x[16 * j + i] / d
+            viol += outside(v)
+            R[j, i] = clamp(rint(v), _M4, _P3) + _P4
+        for i in range(16):
+            L[16 * j + i] = np.int32(R[j, i])
+    if viol != 0:
+        _from_lanes(Lt, L)
+        for j in range(16):
+            _requant(x[16 * j:16 * j + 16], L[16 * j:16 * j + 16], D[j], F0, -4, 3, 4)
+    for l in range(32):
+        h = 0
+        for m in range(8):
+            up = L[32 * m + l] > 3
+            h |= np.int32(up) << m
+            L[32 * m + l] -= 4 * np.int32(up)
+        y[l] = h
     _pack_2bit(L, y, 32)
 
 
@@ -198,8 +221,8 @@ def _q3k_ref_scales(scales, ls):
 @njit(**JIT)
 def _q3k(xs, qws, out):
     L = np.empty(QK_K, np.int32)
-    X, W, WX, Lt, _, S, _ = _lane_buffers(16, 16)
-    scales, sw = np.empty(16, F32), np.empty(16, F32)
+    X, W, WX, Lt, R, S, _ = _lane_buffers(16, 16)
+    scales, sw, D = np.empty(16, F32), np.empty(16, F32), np.empty(16, F32)
     ls = np.empty(16, np.int32)
     for b in range(xs.shape[0]):
         x, y = xs[b], out[b]
@@ -213,8 +236,7 @@ def _q3k(xs, qws, out):
             _products(X, W, WX, False)
             qx_lanes(X, W, WX, 4, Lt, S, scales)
             d_block = make_qx(scales, 32, sw, ls)
-        _from_lanes(Lt, L)
-        _q3k_finish(x, L, ls, d_block, y)
+        _q3k_finish(x, X, Lt, R, D, L, ls, d_block, y)
 
 
 # ---------------------------------------------------------------- Q4_K / Q5_K
