@@ -22,6 +22,7 @@ from wan_export import __version__
 from wan_export.converters import gguf_write as gw
 from wan_export.converters.gguf_pool import QuantEngine
 from wan_export.converters.gguf_read import ORIG_SHAPE
+from wan_export.dtypes import cast
 from wan_export.errors import BadInputError, UnsupportedError
 from wan_export.progress import null
 from wan_export.quantizers.ggml import GGML_TYPES
@@ -166,7 +167,7 @@ _FLOAT_NP = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 
 def _float_bytes(x: np.ndarray, t: str, name: str, path: str) -> np.ndarray:
     with np.errstate(over="ignore"):
-        out = x.astype(_FLOAT_NP[t], copy=False)
+        out = cast(x, t) if t == "F16" else x.astype(_FLOAT_NP[t], copy=False)   # F16: numba when installed
     if t != "F32" and nonfinite_count(out, t):
         raise BadInputError(f"tensor {name} overflows {t} (values beyond its range)", path)
     return out
