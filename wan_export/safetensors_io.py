@@ -24,6 +24,7 @@ from wan_export.dtypes import ST_TO_NP, itemsize, st_code
 from wan_export.errors import BadInputError, WanExportError
 from wan_export.atomic import AtomicWriter, atomic_file
 from wan_export.kernel_copy import RangeCopier
+from wan_export.write_behind import WriteBehind
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -205,6 +206,7 @@ class SafetensorsWriter(AtomicWriter):
         self._f.write(self._header)
         self._f.flush()
         self._copier = RangeCopier(self._f.fileno())
+        self._behind = WriteBehind(self._f.fileno())
 
     def write(self, name: str, arr: np.ndarray) -> None:
         if self._next >= len(self.infos):
@@ -220,6 +222,7 @@ class SafetensorsWriter(AtomicWriter):
         else:
             self._copier.flush()
             _write_all(self._f.fileno(), memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
+        self._behind.advance()
         self._next += 1
 
     def close(self) -> None:

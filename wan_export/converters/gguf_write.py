@@ -17,6 +17,7 @@ import numpy as np
 from wan_export.atomic import AtomicWriter, atomic_file
 from wan_export.errors import WanExportError
 from wan_export.quantizers.ggml import GGML_TYPES
+from wan_export.write_behind import WriteBehind
 
 MAGIC = b"GGUF"
 VERSION = 3
@@ -134,6 +135,7 @@ class GGUFFileWriter(AtomicWriter):
         self._ctx = atomic_file(self.path)
         self._f = self._ctx.__enter__()
         self._f.write(layout.header)
+        self._behind = WriteBehind(self._f.fileno())
 
     def write(self, name: str, data) -> None:
         """Append the next tensor's bytes (any C-contiguous array or buffer) and its padding."""
@@ -148,6 +150,7 @@ class GGUFFileWriter(AtomicWriter):
                                  f"expected {want.name} ({want.nbytes} bytes)", self.path)
         self._f.write(buf)
         self._f.write(b"\0" * (_pad(buf.nbytes) - buf.nbytes))
+        self._behind.advance()
         self._next += 1
 
     def close(self) -> None:
