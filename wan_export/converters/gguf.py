@@ -15,7 +15,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from wan_export import __version__
@@ -162,12 +161,9 @@ def _check_outputs(plans, overwrite: bool) -> None:
             raise BadInputError("output exists (use --overwrite)", p.path)
 
 
-_FLOAT_NP = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
-
-
 def _float_bytes(x: np.ndarray, t: str, name: str, path: str) -> np.ndarray:
     with np.errstate(over="ignore"):
-        out = cast(x, t) if t == "F16" else x.astype(_FLOAT_NP[t], copy=False)   # F16: numba when installed
+        out = cast(x, t)          # GGUF's F32/F16/BF16 are safetensors codes too; F16 via numba when installed
     if t != "F32" and nonfinite_count(out, t):
         raise BadInputError(f"tensor {name} overflows {t} (values beyond its range)", path)
     return out
