@@ -54,7 +54,12 @@ FIRST_TENSOR = (
 def generate(path: str, variant: str) -> float:
     """Stream a bf16 checkpoint of the variant's shapes from one repeated random block; returns seconds."""
     t = time.perf_counter()
-    shapes = dit_shapes(VARIANTS[variant].config)
+    write_source(path, dit_shapes(VARIANTS[variant].config))
+    return time.perf_counter() - t
+
+
+def write_source(path: str, shapes: dict[str, tuple]) -> None:
+    """A bf16 file of these shapes, streamed from one repeated random block (memory: the largest tensor)."""
     biggest = max(math.prod(s) for s in shapes.values())
     rng = np.random.default_rng(0)
     block = (rng.standard_normal(1 << 20, dtype=np.float32) * 0.02).astype(ST_TO_NP["BF16"])
@@ -63,7 +68,6 @@ def generate(path: str, variant: str) -> float:
     with SafetensorsWriter(path, infos, {"format": "pt"}) as w:
         for i in infos:
             w.write(i.name, data[: i.numel].reshape(i.shape))
-    return time.perf_counter() - t
 
 
 def fsync_tree(path: str) -> None:

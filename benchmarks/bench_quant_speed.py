@@ -3,8 +3,8 @@
 1. MB of bf16 input per CPU second (`time.process_time`, one thread, best of N) for each quantizer
    on a 14B ffn.0-shaped matrix (13824 x 5120), against a `clone()` anchor in the same run.
 2. Peak RSS (the child's own VmHWM) of `wan-export comfyui|diffusers --quant fp8|nvfp4`
-   on 14B-shaped bf16 DiT files of growing block count, each generated tensor by tensor in a subprocess:
-   flat in model size means streaming.
+   on 14B-shaped bf16 DiT files of growing block count, streamed from one repeated random block
+   (bench_convert.write_source): flat in model size means streaming.
 
     python benchmarks/bench_quant_speed.py [--shape 14B] [--blocks 2,8] [--writers comfyui,diffusers] [--repeat 3]
 """
@@ -23,6 +23,12 @@ import tempfile
 import time
 
 import torch
+
+from wan_export.model.config import DiTConfig
+from wan_export.variants import dit_shapes
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_convert import write_source  # noqa: E402
 
 
 def throughput(repeat: int) -> list[dict]:
@@ -69,25 +75,6 @@ SHAPES = {"1.3B": dict(dim=1536, ffn_dim=8960, num_heads=12),
           "14B": dict(dim=5120, ffn_dim=13824, num_heads=40)}
 
 
-def make_source(path: str, shape: str, blocks: int) -> None:
-    """Write a bf16 DiT file tensor by tensor, so that even a 40-block 14B source never sits in memory."""
-    import zlib
-
-    import numpy as np
-
-    from wan_export.dtypes import ST_TO_NP
-    from wan_export.model.config import DiTConfig
-    from wan_export.safetensors_io import SafetensorsWriter, TensorInfo
-    from wan_export.synthetic import dit_shapes
-
-    shapes = dit_shapes(DiTConfig(num_layers=blocks, **SHAPES[shape]))
-    with SafetensorsWriter(path, [TensorInfo(k, tuple(s), "BF16") for k, s in shapes.items()]) as w:
-        for k, s in shapes.items():
-            rng = np.random.default_rng(zlib.crc32(k.encode()))
-            x = rng.standard_normal(s, dtype=np.float32) * np.float32(0.02)
-            w.write(k, x.astype(ST_TO_NP["BF16"]))
-
-
 WRITERS = {"comfyui": ["comfyui", "--component", "dit"], "diffusers": ["diffusers"]}
 
 
@@ -95,8 +82,7 @@ def peak_rss(shape: str, blocks: list[int], quants: list[str], writers: list[str
     rows = []
     for n in blocks:
         src = os.path.join(tmp, f"dit-{shape}-{n}.safetensors")
-        subprocess.run([sys.executable, __file__, "--make-source", src, "--shape", shape, "--blocks", str(n)],
-                       check=True)
+        write_source(src, dit_shapes(DiTConfig(num_layers=n, **SHAPES[shape])))
         for writer, quant in ((w, q) for w in writers for q in quants):
             out = os.path.join(tmp, f"out-{writer}-{quant}")
             t = time.perf_counter()
@@ -130,10 +116,7 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--tmp", help="folder for the generated sources (default: a temporary one)")
-    ap.add_argument("--make-source", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.make_source:
-        return make_source(args.make_source, args.shape, int(args.blocks))
     if not args.skip_throughput:
         print("| quantizer | MB/s of bf16 per CPU second | vs clone |\n|---|---|---|")
         for r in throughput(args.repeat):
@@ -145,7 +128,7 @@ def main() -> None:
         print("\n| shape | blocks | source | writer | quant | peak RSS | CPU s | MB/s per CPU s |\n"
               "|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['shape']} | {r['blocks']} | {r['source_mb'] / 1e3:.2f} GB | {r['quant']} | "
+            print(f"| {r['shape']} | {r['blocks']} | {r['source_mb'] / 1e3:.2f} GB | {r['writer']} | {r['quant']} | "
                   f"{r['peak_rss_mb']} MB | {r['cpu_s']} | {r['mb_per_cpu_s']} |")
 
 
